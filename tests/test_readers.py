@@ -485,3 +485,37 @@ def test_box_helpers():
     s[0, 0] = s[1, 1] = 11
     assert len(boxes_from_semantic_map(s)[0]) == 1
     assert len(boxes_from_semantic_map(s, connectivity=4)[0]) == 2
+
+
+def test_cityscapes_detection_classes_on_synthetic_style_tree(tmp_path):
+    # the synthetic export: train-id instance encoding, 0 on stuff, traffic lights/signs as things
+    root = tmp_path / "synth"
+    sem = np.full((H, W), 0)
+    sem[:4] = 10
+    inst = np.zeros((H, W), dtype=np.int64)
+    sem[2:6, 1:2] = 6
+    inst[2:6, 1:2] = 6000  # traffic light #0
+    sem[6:10, 4:9] = 13
+    inst[6:10, 4:9] = 13000  # car #0
+    sem[6:10, 9:12] = 13
+    inst[6:10, 9:12] = 13001  # car #1, touching car #0
+    stem = "000000"
+    folder = "day2night_night"
+    _rgb(root / "leftImg8bit" / "train" / folder / f"{stem}_leftImg8bit.png", W, H)
+    _png(root / "gtFine" / "train" / folder / f"{stem}_gtFine_labelTrainIds.png", sem)
+    _png(root / "gtFine" / "train" / folder / f"{stem}_gtFine_instanceIds.png", inst, np.uint16)
+    names = ("person", "rider", "car", "truck", "bicycle", "traffic light", "traffic sign")
+    ds = CityscapesSegmentation(root, "train", detection_classes=names)
+    assert ds.classes == list(names) and ds.semantic_classes == CITYSCAPES_CLASSES
+    s = ds[0]
+    _check_contract(s, ds.classes)
+    boxes, labels = _sorted(s["boxes"].tolist(), s["labels"].tolist())
+    assert boxes == [[1, 2, 2, 6], [4, 6, 9, 10], [9, 6, 12, 10]]
+    assert labels == [6, 3, 3]
+    # default thing classes (11..18) skip the traffic light
+    assert CityscapesSegmentation(root, "train")[0]["labels"].tolist() == [14, 14]
+    # BDD spelling accepted; unknown names rejected
+    ds = CityscapesSegmentation(root, "train", detection_classes=["pedestrian", "car"])
+    assert ds[0]["labels"].tolist() == [2, 2]
+    with pytest.raises(ValueError, match="'van' is not a Cityscapes class"):
+        CityscapesSegmentation(root, "train", detection_classes=["van"])

@@ -661,13 +661,21 @@ class CityscapesSegmentation(Dataset):
             :func:`boxes_from_instance_map`).
         require_labels: if True (default) a missing label file is an error naming the expected
             path; if False images without labels are returned without ``semantic`` (empty boxes).
+        detection_classes: optional list of detection class names (Cityscapes train-id names such
+            as ``"car"``, ``"traffic light"``; ``"pedestrian"``, ``"motor"``, ``"bike"`` are accepted
+            as BDD100K spellings). When given, only these classes give boxes (``thing_classes`` is
+            ignored), ``classes`` is this list and ``labels`` index it; e.g. the synthetic export is
+            read with ``detection_classes=warpadapt.data.DETECTION_CLASSES`` to get the generator's
+            own labels.
         transforms: optional callable ``sample -> sample``.
 
     Items: ``image`` (3, H, W) float32; ``semantic`` (H, W) int64 train ids (255 = ignore);
     ``instance`` (H, W) int64 when an instance map exists; ``boxes`` (N, 4) float32 xyxy and
     ``labels`` (N,) int64 from the instance map (else connected components of thing classes).
-    ``classes`` is :data:`CITYSCAPES_CLASSES` and ``labels = train_id + 1`` so that
-    ``classes[label - 1]`` names the class and ``classes[semantic]`` names pixels.
+    By default ``classes`` is :data:`CITYSCAPES_CLASSES` and ``labels = train_id + 1`` so that
+    ``classes[label - 1]`` names the class and ``classes[semantic]`` names pixels; with
+    ``detection_classes`` the labels index that list instead. ``semantic_classes`` is always
+    :data:`CITYSCAPES_CLASSES`.
     ``meta``: ``file_name`` (Cityscapes: ``<city>/<name>`` relative to ``leftImg8bit/<split>``, as
     in the exporter's COCO json; ACDC / Dark Zurich: relative to ``rgb_anon``), ``index``, ``path``,
     ``condition`` (the city / condition folder).
@@ -689,12 +697,11 @@ class CityscapesSegmentation(Dataset):
         >>> d.cleanup()
     """
 
-    classes = CITYSCAPES_CLASSES
-
     def __init__(self, root: str | os.PathLike, split: str = "train", layout: str = "cityscapes",
                  conditions: str | Iterable[str] | None = None,
                  thing_classes: Sequence[int] = CITYSCAPES_THING_TRAIN_IDS,
                  instance_encoding: str = "auto", require_labels: bool = True,
+                 detection_classes: Sequence[str] | None = None,
                  transforms: Callable | None = None):
         if layout not in _SEG_LAYOUTS:
             raise ValueError(f"layout must be one of {sorted(_SEG_LAYOUTS)}, got {layout!r}")
@@ -704,8 +711,29 @@ class CityscapesSegmentation(Dataset):
         self.root = Path(root)
         self.split = split
         self.layout = layout
-        self.classes = list(CITYSCAPES_CLASSES)
-        self.thing_classes = tuple(int(c) for c in thing_classes)
+        self.semantic_classes = list(CITYSCAPES_CLASSES)
+        # train id -> detection label (1..K); unmapped train ids give no box
+        self._label_lut = np.zeros(256, dtype=np.int64)
+        if detection_classes is None:
+            self.classes = list(CITYSCAPES_CLASSES)
+            self.thing_classes = tuple(int(c) for c in thing_classes)
+            bad = [c for c in self.thing_classes if not 0 <= c < len(CITYSCAPES_CLASSES)]
+            if bad:
+                raise ValueError(f"thing_classes must be train ids 0..18, got {bad}")
+            self._label_lut[list(self.thing_classes)] = np.asarray(self.thing_classes) + 1
+        else:
+            self.classes = list(detection_classes)
+            tids = []
+            for name in self.classes:
+                cs_name = {"pedestrian": "person", "motor": "motorcycle", "bike": "bicycle"}.get(name, name)
+                if cs_name not in CITYSCAPES_CLASSES:
+                    raise ValueError(f"detection_classes: {name!r} is not a Cityscapes class; "
+                                     f"expected names among {CITYSCAPES_CLASSES}")
+                tids.append(CITYSCAPES_CLASSES.index(cs_name))
+            if len(set(tids)) != len(tids):
+                raise ValueError(f"detection_classes {self.classes} name a class twice")
+            self.thing_classes = tuple(tids)
+            self._label_lut[tids] = np.arange(1, len(tids) + 1)
         self.instance_encoding = instance_encoding
         self.require_labels = require_labels
         self.transforms = transforms
@@ -798,7 +826,7 @@ class CityscapesSegmentation(Dataset):
         if semantic is not None:
             sample["semantic"] = torch.from_numpy(np.ascontiguousarray(semantic, dtype=np.int64))
         sample["boxes"] = torch.from_numpy(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
-        sample["labels"] = torch.from_numpy(np.asarray(train, dtype=np.int64) + 1)
+        sample["labels"] = torch.from_numpy(self._label_lut[np.asarray(train, dtype=np.int64)])
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
