@@ -1,0 +1,198 @@
+"""Thin ``nn.Module`` wrappers: :class:`SaliencyWarp` (labels -> warped image) and :class:`FeatureUnwarp`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .saliency import geometric_prior, instance_saliency, load_prior, pad_boxes, uniform_saliency
+from .warp import Warp, resample
+
+__all__ = ["GUIDANCES", "SaliencyWarp", "FeatureUnwarp"]
+
+#: Saliency guidance types: boxes ("instance"), a fixed dataset map ("static"), a vanishing-point
+#: prior ("geometric"), or no warp at all ("none").
+GUIDANCES = ("instance", "static", "geometric", "none")
+
+
+class SaliencyWarp(nn.Module):
+    """Warp images so the pixels around objects are oversampled (Instance-Warp), kornia style.
+
+    Args:
+        guidance: "instance" (saliency from each image's boxes), "static" (one fixed map, see
+            :func:`~warpadapt.saliency.fit_static_prior`; pass it as ``prior``), "geometric" (a
+            vanishing-point prior, :func:`~warpadapt.saliency.geometric_prior`), or "none" (identity).
+        grid_size: (gh, gw) saliency grid nodes, default (31, 51).
+        fwhm: attraction kernel FWHM in grid cells, default 13. Smaller = stronger, more local zoom.
+        bandwidth_scale: b for instance saliency (variance b * box side), default 64.
+        amplitude_scale: A, each box's mass relative to the floor, default 1.
+        prior: for "static": a (gh, gw) tensor or the path of a file written by ``save_prior``.
+        vanishing_point: for "geometric": (u0, v0) as fractions of width and height.
+        geometric_sigma: for "geometric": widths (su, sv) as fractions of width and height.
+        method: resampling method, "grid_sample" or "separable" (see :func:`~warpadapt.warp.resample`).
+
+    Shape:
+        - images: (B, C, H, W), float32 / float16 / bfloat16.
+        - boxes: list of B tensors (N_i, 4), xyxy pixels of ``images`` (ignored by static, geometric
+          and none guidance; may then be None). Boxes partly outside are clipped; an empty list gives the
+          identity warp for that image.
+        - output: ``(warped, warp)``, warped (B, C, H, W) of the input dtype and a :class:`Warp`.
+
+    Example:
+        >>> sw = SaliencyWarp()
+        >>> img = torch.rand(2, 3, 64, 128)
+        >>> warped, warp = sw(img, [torch.tensor([[60., 30., 70., 40.]]), torch.zeros(0, 4)])
+        >>> warped.shape, warp.map_x.shape
+        (torch.Size([2, 3, 64, 128]), torch.Size([2, 51]))
+        >>> torch.allclose(warped[1], img[1], atol=1e-4)  # no boxes: identity
+        True
+    """
+
+    def __init__(
+        self,
+        guidance: str = "instance",
+        grid_size: Sequence[int] = (31, 51),
+        fwhm: float = 13.0,
+        bandwidth_scale: float = 64.0,
+        amplitude_scale: float = 1.0,
+        prior: Tensor | str | Path | None = None,
+        vanishing_point: Sequence[float] = (0.5, 0.45),
+        geometric_sigma: Sequence[float] = (0.22, 0.12),
+        method: str = "grid_sample",
+    ) -> None:
+        super().__init__()
+        if guidance not in GUIDANCES:
+            raise ValueError(f"guidance must be one of {GUIDANCES}, got {guidance!r}")
+        if not (isinstance(grid_size, (tuple, list)) and len(grid_size) == 2 and min(grid_size) >= 2):
+            raise ValueError(f"grid_size must be a pair (gh, gw) of ints >= 2, got {grid_size!r}")
+        for name, val in (("fwhm", fwhm), ("bandwidth_scale", bandwidth_scale), ("amplitude_scale", amplitude_scale)):
+            if not isinstance(val, (int, float)) or not val > 0 or val == float("inf"):
+                raise ValueError(f"{name} must be a positive finite number, got {val!r}")
+        if method not in ("grid_sample", "separable"):
+            raise ValueError(f"method must be 'grid_sample' or 'separable', got {method!r}")
+        self.guidance = guidance
+        self.grid_size = (int(grid_size[0]), int(grid_size[1]))
+        self.fwhm = float(fwhm)
+        self.bandwidth_scale = float(bandwidth_scale)
+        self.amplitude_scale = float(amplitude_scale)
+        self.vanishing_point = tuple(float(v) for v in vanishing_point)
+        self.geometric_sigma = tuple(float(v) for v in geometric_sigma)
+        self.method = method
+        self.prior: Tensor | None = None  # a plain attribute, not a buffer: wrap() adds no state
+        if guidance == "static":
+            if prior is None:
+                raise ValueError("guidance='static' needs prior= (a (gh, gw) tensor or a file from save_prior)")
+            p = load_prior(prior) if isinstance(prior, (str, Path)) else torch.as_tensor(prior, dtype=torch.float32)
+            if p.dim() != 2 or (p < 0).any() or not torch.isfinite(p).all() or p.sum() <= 0:
+                raise ValueError(f"prior must be a non-negative finite (gh, gw) map, got shape {tuple(p.shape)}")
+            self.prior = p / p.sum()
+            self.grid_size = tuple(p.shape)
+
+    def extra_repr(self) -> str:
+        return (
+            f"guidance={self.guidance!r}, grid_size={self.grid_size}, fwhm={self.fwhm}, "
+            f"bandwidth_scale={self.bandwidth_scale}, amplitude_scale={self.amplitude_scale}"
+        )
+
+    def saliency(self, image_size: Sequence[int], boxes=None, batch_size: int | None = None, device=None) -> Tensor:
+        """The (B, gh, gw) saliency this module would warp with (for plotting and debugging)."""
+        if self.guidance == "instance":
+            if boxes is None:
+                raise ValueError("guidance='instance' needs boxes: a list of B tensors (N_i, 4)")
+            padded, mask = pad_boxes(boxes, image_size, batch_size, device)
+            # masked rows (padding, nothing inside the image) moved off-image: instance_saliency drops them
+            padded = torch.where(mask[..., None], padded, torch.full_like(padded, -1.0))
+            return instance_saliency(padded, image_size, self.grid_size, self.bandwidth_scale, self.amplitude_scale)
+        if boxes is not None:
+            if not isinstance(boxes, (list, tuple, Tensor)):
+                raise TypeError(f"boxes must be a list of B tensors (N_i, 4), got {type(boxes).__name__}")
+            if batch_size is not None and len(boxes) != batch_size:
+                raise ValueError(f"boxes has {len(boxes)} entries but the batch has {batch_size} images")
+        if batch_size is None:
+            if boxes is None:
+                raise ValueError(f"guidance={self.guidance!r} needs batch_size when boxes is None")
+            batch_size = len(boxes)
+        if self.guidance == "static":
+            return self.prior.to(device).expand(batch_size, *self.grid_size).clone()
+        if self.guidance == "geometric":
+            return geometric_prior(self.grid_size, self.vanishing_point, self.geometric_sigma, batch_size=batch_size).to(device)
+        return uniform_saliency(batch_size, self.grid_size, device=device)
+
+    def make_warp(self, image_size: Sequence[int], boxes=None, batch_size: int | None = None, device=None) -> Warp:
+        """Build the :class:`Warp` for a batch without touching any image."""
+        sal = self.saliency(image_size, boxes, batch_size, device)
+        return Warp.from_saliency(sal, self.fwhm, image_size=tuple(int(v) for v in image_size))
+
+    def forward(self, images: Tensor, boxes=None) -> tuple[Tensor, Warp]:
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+        if images.dim() != 4:
+            raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be a floating point tensor, got {images.dtype}")
+        b, _, h, w = images.shape
+        warp = self.make_warp((h, w), boxes, batch_size=b, device=images.device)
+        fy, fx = warp.axes((h, w), inverse=False)
+        return resample(images, fy, fx, "bilinear", self.method), warp
+
+
+class FeatureUnwarp(nn.Module):
+    """Resample features computed on a warped image back to the original image geometry.
+
+    Each tensor is unwarped at its own resolution with the warp's exact inverse (fractional
+    coordinates, so every stride works). Accepts a tensor, a list/tuple or a dict of tensors and
+    returns the same structure; non-tensor entries and tensors that are not 4-D pass through.
+
+    Args:
+        layout: "NCHW" (default) or "NHWC" (e.g. timm Swin features).
+        method: "grid_sample" or "separable" (see :func:`~warpadapt.warp.resample`).
+
+    Example:
+        >>> sw, unwarp = SaliencyWarp(), FeatureUnwarp()
+        >>> img = torch.rand(1, 3, 64, 64)
+        >>> warped, warp = sw(img, [torch.tensor([[20., 20., 30., 30.]])])
+        >>> feats = unwarp([warped, warped[:, :, ::4, ::4]], warp)
+        >>> [tuple(f.shape) for f in feats]
+        [(1, 3, 64, 64), (1, 3, 16, 16)]
+    """
+
+    def __init__(self, layout: str = "NCHW", method: str = "grid_sample") -> None:
+        super().__init__()
+        if layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+        if method not in ("grid_sample", "separable"):
+            raise ValueError(f"method must be 'grid_sample' or 'separable', got {method!r}")
+        self.layout = layout
+        self.method = method
+
+    def extra_repr(self) -> str:
+        return f"layout={self.layout!r}, method={self.method!r}"
+
+    def _one(self, x: Tensor, warp: Warp) -> Tensor:
+        if x.dim() != 4:
+            return x
+        if x.shape[0] != warp.batch_size:
+            raise ValueError(f"features have batch size {x.shape[0]} but the warp has {warp.batch_size}")
+        if self.layout == "NHWC":
+            y = x.permute(0, 3, 1, 2)
+            fy, fx = warp.axes(y.shape[-2:], inverse=True)
+            return resample(y, fy, fx, "bilinear", self.method).permute(0, 2, 3, 1)
+        fy, fx = warp.axes(x.shape[-2:], inverse=True)
+        return resample(x, fy, fx, "bilinear", self.method)
+
+    def forward(self, features, warp: Warp):
+        if not isinstance(warp, Warp):
+            raise TypeError(f"warp must be a warpadapt.Warp, got {type(warp).__name__}")
+        if isinstance(features, Tensor):
+            return self._one(features, warp)
+        if isinstance(features, Mapping):
+            return type(features)((k, self.forward(v, warp)) for k, v in features.items())
+        if isinstance(features, (list, tuple)):
+            out = [self.forward(v, warp) for v in features]
+            if isinstance(features, list):
+                return out
+            return type(features)(*out) if hasattr(features, "_fields") else type(features)(out)
+        raise TypeError(f"features must be a tensor or a list/tuple/dict of tensors, got {type(features).__name__}")

@@ -1,0 +1,479 @@
+"""Saliency maps on a coarse grid: from boxes, from label maps, and the static / geometric priors.
+
+All maps live on a ``(gh, gw)`` grid of nodes that spans the image from edge to edge: node ``(i, j)``
+sits at pixel ``(x, y) = (j * W / (gw - 1), i * H / (gh - 1))``. A saliency map is non-negative and
+sums to one over the grid. Nothing here knows about models or training; every function is pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CITYSCAPES_THING_CLASSES",
+    "pad_boxes",
+    "instance_saliency",
+    "instance_marginals",
+    "boxes_from_semantic",
+    "boxes_from_instance_map",
+    "fit_static_prior",
+    "save_prior",
+    "load_prior",
+    "geometric_prior",
+    "uniform_saliency",
+]
+
+#: Cityscapes train ids of the "thing" classes: person, rider, car, truck, bus, train, motorcycle,
+#: bicycle. GTA-style setups also used traffic light (6) and traffic sign (7).
+CITYSCAPES_THING_CLASSES: tuple[int, ...] = (11, 12, 13, 14, 15, 16, 17, 18)
+
+
+def _check_grid_size(grid_size: Sequence[int]) -> tuple[int, int]:
+    if not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2:
+        raise TypeError(f"grid_size must be a pair (gh, gw) of ints, got {grid_size!r}")
+    gh, gw = (int(v) for v in grid_size)
+    if gh < 2 or gw < 2:
+        raise ValueError(f"grid_size must be at least (2, 2), got {tuple(grid_size)}")
+    return gh, gw
+
+
+def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
+    if not isinstance(image_size, (tuple, list, torch.Size)) or len(image_size) != 2:
+        raise TypeError(f"image_size must be a pair (H, W), got {image_size!r}")
+    h, w = (int(v) for v in image_size)
+    if h < 1 or w < 1:
+        raise ValueError(f"image_size must be positive, got {tuple(image_size)}")
+    return h, w
+
+
+def pad_boxes(
+    boxes: Sequence[Tensor] | Tensor,
+    image_size: Sequence[int],
+    batch_size: int | None = None,
+    device: torch.device | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Validate, clip and pad a batch of box lists into one tensor and a validity mask.
+
+    Args:
+        boxes: list (or tuple) of B tensors of shape (N_i, 4), xyxy in pixels of the image; or one
+            tensor (B, N, 4) with every row valid.
+        image_size: (H, W) of the image the boxes belong to. Boxes partly outside are clipped to it;
+            boxes with zero area after clipping (e.g. entirely outside) are masked out.
+        batch_size: expected B; a mismatch raises ValueError.
+        device: device of the result (default: that of the boxes).
+
+    Returns:
+        ``(padded, mask)``: (B, N_max, 4) clipped boxes (float32, or float64 for float64 input) and
+        bool (B, N_max).
+
+    Raises:
+        TypeError: ``boxes`` is not a list/tuple of tensors or a tensor.
+        ValueError: wrong shapes, batch length, NaN/inf values, or x2 < x1 / y2 < y1.
+
+    Example:
+        >>> p, m = pad_boxes([torch.tensor([[10., 20., 30., 40.]]), torch.zeros(0, 4)], (64, 64))
+        >>> p.shape, m.tolist()
+        (torch.Size([2, 1, 4]), [[True], [False]])
+    """
+    h, w = _check_image_size(image_size)
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 3 or boxes.shape[-1] != 4:
+            raise ValueError(f"boxes as one tensor must have shape (B, N, 4), got {tuple(boxes.shape)}")
+        seq = list(boxes.unbind(0))
+    elif isinstance(boxes, (list, tuple)):
+        seq = list(boxes)
+        for i, b in enumerate(seq):
+            if not isinstance(b, Tensor):
+                raise TypeError(f"boxes[{i}] must be a torch.Tensor of shape (N, 4), got {type(b).__name__}")
+            if b.dim() != 2 or b.shape[-1] != 4:
+                if b.numel() == 0:
+                    continue
+                raise ValueError(f"boxes[{i}] must have shape (N, 4), got {tuple(b.shape)}")
+    else:
+        raise TypeError(f"boxes must be a list of B tensors (N_i, 4) or a tensor (B, N, 4), got {type(boxes).__name__}")
+    if batch_size is not None and len(seq) != batch_size:
+        raise ValueError(f"boxes has {len(seq)} entries but the batch has {batch_size} images")
+    if device is None:
+        device = next((b.device for b in seq), torch.device("cpu"))
+    dtype = torch.float64 if any(b.dtype == torch.float64 for b in seq) else torch.float32
+    seq = [b.reshape(-1, 4).to(device=device, dtype=dtype) for b in seq]
+    n_max = max((b.shape[0] for b in seq), default=0)
+    bsz = len(seq)
+    if n_max == 0:
+        return torch.zeros(bsz, 0, 4, device=device, dtype=dtype), torch.zeros(bsz, 0, dtype=torch.bool, device=device)
+    padded = torch.nn.utils.rnn.pad_sequence(seq, batch_first=True)  # (B, N, 4) zero padded
+    counts = torch.tensor([b.shape[0] for b in seq], device=device)
+    mask = torch.arange(n_max, device=device)[None, :] < counts[:, None]
+    valid = padded[mask]
+    if not torch.isfinite(valid).all():
+        raise ValueError("boxes contain NaN or infinite values")
+    if (valid[:, 2] < valid[:, 0]).any() or (valid[:, 3] < valid[:, 1]).any():
+        raise ValueError("boxes must be xyxy with x2 >= x1 and y2 >= y1")
+    scale = padded.new_tensor([w, h, w, h])
+    clipped = torch.minimum(padded.clamp(min=0.0), scale)
+    area_ok = (clipped[..., 2] > clipped[..., 0]) & (clipped[..., 3] > clipped[..., 1])
+    return clipped, mask & area_ok
+
+
+def instance_marginals(
+    boxes: Tensor,
+    mask: Tensor,
+    image_size: Sequence[int],
+    grid_size: Sequence[int] = (31, 51),
+    bandwidth_scale: float = 64.0,
+    amplitude_scale: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Separable factors of the instance saliency (ALGORITHM.md section 2), without the 2-D map.
+
+    Each box's kernel is separable, so the saliency is ``S = sum_k c_k * outer(gy_k, gx_k) + floor``.
+    This returns the pieces from which :func:`instance_saliency` and the map marginals are built.
+
+    Args:
+        boxes: (B, N, 4) float xyxy pixels (already clipped, see :func:`pad_boxes`).
+        mask: (B, N) bool, which boxes are real.
+        image_size: (H, W) of the image.
+        grid_size: (gh, gw) nodes of the saliency grid.
+        bandwidth_scale: b in ``sigma_x^2 = max(b * w, 1)`` (a variance, in squared pixels).
+        amplitude_scale: A, the mass of each box's kernel.
+
+    Returns:
+        ``(gy, gx, weight)``: (B, N, gh) and (B, N, gw) unnormalised 1-D kernels, and (B, N) per-box
+        weights ``A / (1e-5 + sum(G_k))`` (zero for masked boxes). The floor term is
+        ``mask.sum(1) / (2P + 1)^2`` per node with ``P = min(gh, gw) - 1``.
+
+    Example:
+        >>> gy, gx, wt = instance_marginals(torch.tensor([[[0., 0., 8., 8.]]]), torch.ones(1, 1, dtype=torch.bool), (16, 16), (5, 5))
+        >>> gy.shape, gx.shape, wt.shape
+        (torch.Size([1, 1, 5]), torch.Size([1, 1, 5]), torch.Size([1, 1]))
+    """
+    gh, gw = _check_grid_size(grid_size)
+    h, w = _check_image_size(image_size)
+    dev = boxes.device
+    xs = torch.linspace(0.0, float(w), gw, device=dev)
+    ys = torch.linspace(0.0, float(h), gh, device=dev)
+    bw = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
+    bh = (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    cx = 0.5 * (boxes[..., 0] + boxes[..., 2])
+    cy = 0.5 * (boxes[..., 1] + boxes[..., 3])
+    var_x = (bandwidth_scale * bw).clamp(min=1.0)
+    var_y = (bandwidth_scale * bh).clamp(min=1.0)
+    gx = torch.exp(-0.5 * (xs - cx[..., None]) ** 2 / var_x[..., None])  # (B, N, gw)
+    gy = torch.exp(-0.5 * (ys - cy[..., None]) ** 2 / var_y[..., None])  # (B, N, gh)
+    total = gx.sum(-1) * gy.sum(-1)  # sum over the grid of the separable kernel
+    weight = torch.where(mask, amplitude_scale / (1e-5 + total), torch.zeros_like(total))
+    return gy, gx, weight
+
+
+def uniform_saliency(batch_size: int, grid_size: Sequence[int] = (31, 51), device=None) -> Tensor:
+    """A uniform saliency map (B, gh, gw) summing to one: the identity warp.
+
+    Example:
+        >>> s = uniform_saliency(2, (3, 4))
+        >>> s.shape, torch.allclose(s.sum(dim=(1, 2)), torch.ones(2))
+        (torch.Size([2, 3, 4]), True)
+    """
+    gh, gw = _check_grid_size(grid_size)
+    return torch.full((batch_size, gh, gw), 1.0 / (gh * gw), device=device)
+
+
+def instance_saliency(
+    boxes: Sequence[Tensor] | Tensor,
+    image_size: Sequence[int],
+    grid_size: Sequence[int] = (31, 51),
+    bandwidth_scale: float = 64.0,
+    amplitude_scale: float = 1.0,
+) -> Tensor:
+    """Instance-level KDE saliency from ground-truth boxes (ALGORITHM.md section 2).
+
+    For box k with width w, height h and centre (cx, cy), at node (x, y):
+    ``G_k = exp(-((x - cx)^2 / sx^2 + (y - cy)^2 / sy^2) / 2)`` with ``sx^2 = max(b w, 1)``,
+    ``sy^2 = max(b h, 1)``; ``S_k = A G_k / (1e-5 + sum G_k) + 1 / (2P + 1)^2`` with
+    ``P = min(gh, gw) - 1``; ``S = sum_k S_k`` normalised to sum one. An image without boxes gets a
+    uniform map (identity warp). Boxes partly outside the image are clipped first; boxes with no area
+    inside the image are ignored.
+
+    Args:
+        boxes: list of B tensors (N_i, 4) xyxy in pixels (or a (B, N, 4) tensor).
+        image_size: (H, W) of the image the boxes refer to (x and y are scaled separately).
+        grid_size: (gh, gw) nodes, default (31, 51).
+        bandwidth_scale: b, default 64 (sigma = 8 sqrt(w) pixels).
+        amplitude_scale: A, default 1.
+
+    Returns:
+        (B, gh, gw) float32 saliency, each map summing to one.
+
+    Example:
+        >>> s = instance_saliency([torch.tensor([[100., 50., 140., 90.]])], (200, 400))
+        >>> s.shape, round(float(s.sum()), 4)
+        (torch.Size([1, 31, 51]), 1.0)
+    """
+    gh, gw = _check_grid_size(grid_size)
+    padded, mask = pad_boxes(boxes, image_size)
+    bsz = padded.shape[0]
+    if padded.shape[1] == 0:
+        return uniform_saliency(bsz, (gh, gw), device=padded.device)
+    gy, gx, weight = instance_marginals(padded, mask, image_size, (gh, gw), bandwidth_scale, amplitude_scale)
+    p = min(gh, gw) - 1
+    floor = mask.sum(1).to(gy.dtype) / (2 * p + 1) ** 2  # added once per box
+    s = torch.einsum("bnh,bnw,bn->bhw", gy, gx, weight) + floor[:, None, None]
+    total = s.sum(dim=(1, 2), keepdim=True)
+    empty = mask.sum(1) == 0
+    s = s / total.clamp(min=1e-30)
+    if empty.any():
+        s = torch.where(empty[:, None, None], uniform_saliency(bsz, (gh, gw), device=s.device), s)
+    return s
+
+
+def _boxes_from_label_array(lab: np.ndarray, ids: Iterable[int], connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    out_boxes, out_labels = [], []
+    for cls in ids:
+        comp, n = ndimage.label(lab == cls, structure=structure)
+        if n == 0:
+            continue
+        for sl in ndimage.find_objects(comp):
+            if sl is None:
+                continue
+            ys, xs = sl
+            out_boxes.append((xs.start, ys.start, xs.stop, ys.stop))
+            out_labels.append(cls)
+    if not out_boxes:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+    return np.asarray(out_boxes, np.float32), np.asarray(out_labels, np.int64)
+
+
+def boxes_from_semantic(
+    semantic: Tensor | np.ndarray,
+    thing_classes: Iterable[int] = CITYSCAPES_THING_CLASSES,
+    connectivity: int = 8,
+    min_area: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Boxes of the connected components of the "thing" classes of a semantic label map.
+
+    A box covers whole pixels: a component spanning columns 3..5 gives x1 = 3, x2 = 6. Boxes whose
+    area is below ``min_area`` square pixels are dropped.
+
+    Args:
+        semantic: (H, W) integer label map (e.g. Cityscapes train ids; 255 = ignore).
+        thing_classes: the class ids that are objects (default Cityscapes 11-18).
+        connectivity: 4 or 8 neighbours.
+        min_area: smallest kept box area in pixels.
+
+    Returns:
+        ``(boxes, labels)``: float32 (N, 4) xyxy and int64 (N,) class ids.
+
+    Example:
+        >>> sem = torch.zeros(6, 8, dtype=torch.long); sem[1:3, 2:5] = 13; sem[4:6, 6:8] = 11
+        >>> b, l = boxes_from_semantic(sem)
+        >>> b.tolist(), l.tolist()
+        ([[6.0, 4.0, 8.0, 6.0], [2.0, 1.0, 5.0, 3.0]], [11, 13])
+    """
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    arr = semantic.detach().cpu().numpy() if isinstance(semantic, Tensor) else np.asarray(semantic)
+    if arr.ndim != 2:
+        raise ValueError(f"semantic must be a 2-D (H, W) label map, got shape {arr.shape}")
+    boxes, labels = _boxes_from_label_array(arr, thing_classes, connectivity)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = area >= min_area
+    return torch.from_numpy(boxes[keep]), torch.from_numpy(labels[keep])
+
+
+def boxes_from_instance_map(
+    instance: Tensor | np.ndarray,
+    label_divisor: int = 1000,
+    thing_classes: Iterable[int] | None = CITYSCAPES_THING_CLASSES,
+) -> tuple[Tensor, Tensor]:
+    """Tight boxes of every instance in an instance-id map (Cityscapes encoding).
+
+    Pixels with id >= ``label_divisor`` belong to instance ``id``, of class ``id // label_divisor``;
+    smaller ids are "stuff" or crowds and are skipped. Vectorised (one scatter-reduce, no loop).
+
+    Args:
+        instance: (H, W) integer instance-id map.
+        label_divisor: class = id // label_divisor (Cityscapes: 1000).
+        thing_classes: keep only these classes (None keeps all).
+
+    Returns:
+        ``(boxes, labels)``: float32 (N, 4) xyxy covering whole pixels, int64 (N,) class ids, sorted by id.
+
+    Example:
+        >>> inst = torch.zeros(4, 6, dtype=torch.long); inst[1:3, 1:4] = 13000; inst[0, 5] = 11001
+        >>> b, l = boxes_from_instance_map(inst)
+        >>> b.tolist(), l.tolist()
+        ([[5.0, 0.0, 6.0, 1.0], [1.0, 1.0, 4.0, 3.0]], [11, 13])
+    """
+    t = torch.as_tensor(np.asarray(instance)) if not isinstance(instance, Tensor) else instance
+    if t.dim() != 2:
+        raise ValueError(f"instance must be a 2-D (H, W) id map, got shape {tuple(t.shape)}")
+    t = t.long()
+    h, w = t.shape
+    flat = t.reshape(-1)
+    sel = flat >= label_divisor
+    if not sel.any():
+        return torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
+    ids, inv = torch.unique(flat[sel], return_inverse=True)
+    pix = torch.nonzero(sel).squeeze(1)
+    ys, xs = (pix // w).float(), (pix % w).float()
+    n = ids.numel()
+    big = float(max(h, w) + 1)
+    x1 = torch.full((n,), big).scatter_reduce(0, inv, xs, "amin")
+    y1 = torch.full((n,), big).scatter_reduce(0, inv, ys, "amin")
+    x2 = torch.full((n,), -1.0).scatter_reduce(0, inv, xs, "amax") + 1
+    y2 = torch.full((n,), -1.0).scatter_reduce(0, inv, ys, "amax") + 1
+    boxes = torch.stack([x1, y1, x2, y2], 1)
+    labels = ids // label_divisor
+    if thing_classes is not None:
+        keep = torch.isin(labels, torch.tensor(list(thing_classes), dtype=torch.long))
+        boxes, labels = boxes[keep], labels[keep]
+    return boxes, labels
+
+
+def fit_static_prior(
+    boxes: Iterable[Tensor],
+    image_sizes: Iterable[Sequence[int]] | Sequence[int],
+    grid_size: Sequence[int] = (31, 51),
+    bandwidth_scale: float = 64.0,
+    amplitude_scale: float = 1.0,
+) -> Tensor:
+    """The static prior (FOVEA): the average instance saliency over a dataset's training boxes.
+
+    Each image with at least one box contributes its normalised instance saliency; images without
+    boxes are skipped. The result sums to one.
+
+    Args:
+        boxes: iterable of (N_i, 4) xyxy tensors, one per image.
+        image_sizes: one (H, W) for all images, or an iterable of (H, W) per image.
+        grid_size, bandwidth_scale, amplitude_scale: as :func:`instance_saliency`.
+
+    Returns:
+        (gh, gw) float32 map summing to one (uniform if no image had boxes).
+
+    Example:
+        >>> prior = fit_static_prior([torch.tensor([[10., 10., 20., 20.]]), torch.zeros(0, 4)], (64, 128), (5, 9))
+        >>> prior.shape, round(float(prior.sum()), 4)
+        (torch.Size([5, 9]), 1.0)
+    """
+    gh, gw = _check_grid_size(grid_size)
+    if isinstance(image_sizes, (tuple, list)) and len(image_sizes) == 2 and all(isinstance(v, int) for v in image_sizes):
+        sizes_iter: Iterable = iter(lambda: tuple(image_sizes), None)  # the same size forever
+    else:
+        sizes_iter = iter(image_sizes)
+    acc = torch.zeros(gh, gw, dtype=torch.float64)
+    count = 0
+    for b, size in zip(boxes, sizes_iter):
+        if not isinstance(b, Tensor):
+            b = torch.as_tensor(np.asarray(b, dtype=np.float32))
+        if b.numel() == 0:
+            continue
+        s = instance_saliency([b.reshape(-1, 4)], tuple(size), (gh, gw), bandwidth_scale, amplitude_scale)[0]
+        acc += s.double().cpu()
+        count += 1
+    if count == 0:
+        return uniform_saliency(1, (gh, gw))[0]
+    return (acc / acc.sum()).float()
+
+
+def save_prior(path: str | Path, prior: Tensor, **metadata) -> None:
+    """Save a (gh, gw) prior map to a small ``.npz`` file (written atomically), with metadata.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     save_prior(os.path.join(d, "p.npz"), uniform_saliency(1, (3, 4))[0], dataset="demo")
+        ...     load_prior(os.path.join(d, "p.npz")).shape
+        torch.Size([3, 4])
+    """
+    if not isinstance(prior, Tensor) or prior.dim() != 2:
+        raise ValueError(f"prior must be a (gh, gw) tensor, got {getattr(prior, 'shape', type(prior))}")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    meta = {f"meta_{k}": np.asarray(v) for k, v in metadata.items()}
+    np.savez(tmp, saliency=prior.detach().cpu().float().numpy(), **meta)
+    tmp.replace(path)
+
+
+def load_prior(path: str | Path) -> Tensor:
+    """Load a prior map saved by :func:`save_prior`; returns (gh, gw) float32 summing to one.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     save_prior(os.path.join(d, "p.npz"), torch.ones(2, 2))
+        ...     load_prior(os.path.join(d, "p.npz")).tolist()
+        [[0.25, 0.25], [0.25, 0.25]]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prior file not found: {path} (expected an .npz written by save_prior)")
+    with np.load(path) as data:
+        if "saliency" not in data:
+            raise ValueError(f"{path} has no 'saliency' array (expected an .npz written by save_prior)")
+        s = torch.from_numpy(np.array(data["saliency"], dtype=np.float32))
+    if s.dim() != 2 or (s < 0).any() or s.sum() <= 0:
+        raise ValueError(f"{path}: saliency must be a non-negative (gh, gw) map with positive sum")
+    return s / s.sum()
+
+
+def geometric_prior(
+    grid_size: Sequence[int] = (31, 51),
+    vanishing_point: Sequence[float] | Tensor = (0.5, 0.45),
+    sigma: Sequence[float] = (0.22, 0.12),
+    floor: float = 0.05,
+    batch_size: int | None = None,
+) -> Tensor:
+    """A geometric prior peaked at the vanishing point (documented formula, one map per image).
+
+    In normalised image coordinates (u, v) in [0, 1] (u across, v down), with the vanishing point
+    (u0, v0) and widths (su, sv)::
+
+        S(u, v) = exp(-((u - u0)^2 / (2 su^2) + (v - v0)^2 / (2 sv^2))) + floor,   normalised to sum 1.
+
+    Objects on a road shrink toward the vanishing point, so this oversamples the far, small ones. By
+    default u0 is the horizontal centre and v0 the horizon row as a fraction of the height.
+
+    Args:
+        grid_size: (gh, gw).
+        vanishing_point: (u0, v0) in [0, 1], or a (B, 2) tensor of per-image points.
+        sigma: (su, sv) widths as fractions of the image width and height.
+        floor: constant added before normalisation (keeps the background sampled).
+        batch_size: if given (and one point is given), repeat the map to (B, gh, gw).
+
+    Returns:
+        (gh, gw) map, or (B, gh, gw) for a batch of points or ``batch_size``.
+
+    Example:
+        >>> g = geometric_prior((5, 9), (0.5, 0.5))
+        >>> g.shape, int(g.argmax()) == 2 * 9 + 4
+        (torch.Size([5, 9]), True)
+    """
+    gh, gw = _check_grid_size(grid_size)
+    vp = torch.as_tensor(vanishing_point, dtype=torch.float32)
+    single = vp.dim() == 1
+    vp = vp.reshape(-1, 2)
+    if not torch.isfinite(vp).all():
+        raise ValueError("vanishing_point must be finite")
+    su, sv = (float(s) for s in sigma)
+    if su <= 0 or sv <= 0:
+        raise ValueError(f"sigma must be positive, got {tuple(sigma)}")
+    if floor < 0:
+        raise ValueError(f"floor must be >= 0, got {floor}")
+    u = torch.linspace(0, 1, gw)
+    v = torch.linspace(0, 1, gh)
+    du = (u[None, :] - vp[:, 0:1]) ** 2 / (2 * su**2)  # (B, gw)
+    dv = (v[None, :] - vp[:, 1:2]) ** 2 / (2 * sv**2)  # (B, gh)
+    s = torch.exp(-(dv[:, :, None] + du[:, None, :])) + floor
+    s = s / s.sum(dim=(1, 2), keepdim=True)
+    if single:
+        s = s[0]
+        if batch_size is not None:
+            s = s.expand(batch_size, gh, gw).clone()
+    return s
+

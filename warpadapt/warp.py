@@ -1,0 +1,469 @@
+"""Saliency -> separable monotone sampling maps, the :class:`Warp` object and its exact inverse.
+
+Coordinates. A map is a batch of 1-D monotone functions ``g: [0, 1] -> [0, 1]`` given by their values
+at ``n`` evenly spaced nodes ``u_i = i / (n - 1)`` and linear in between. ``u`` is a position in the
+WARPED image and ``g(u)`` the position in the ORIGINAL image it reads, both as fractions of the
+image's extent (0 = left/top edge, 1 = right/bottom edge). Pixel ``c`` of an image of size ``n_px``
+has its centre at ``(c + 0.5) / n_px``; in the ``align_corners=False`` normalised coordinates of
+:func:`torch.nn.functional.grid_sample` a fraction ``u`` is ``2u - 1``. Because the maps are
+functions on fractions, one warp serves every resolution: the image and each feature stride.
+
+The inverse ``h = g^-1`` is exact up to float rounding: ``g`` is piecewise linear and increasing, so
+``h`` is piecewise linear too and is evaluated with ``searchsorted`` at the pixel centres of whatever
+resolution is asked for; no 2-D inversion is ever needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "attraction_kernel",
+    "marginal_to_map",
+    "saliency_to_maps",
+    "interp_map",
+    "invert_map",
+    "pixel_centers",
+    "resample",
+    "Warp",
+]
+
+
+def _map_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def attraction_kernel(fwhm: float, padding: int, device=None, dtype=torch.float32) -> Tensor:
+    """Gaussian attraction kernel ``k(d) = exp(-4 ln2 d^2 / fwhm^2)``, d = -P..P grid cells.
+
+    Example:
+        >>> k = attraction_kernel(2.0, 2)
+        >>> k.tolist()  # half maximum at d = +-1 (FWHM 2)
+        [0.0625, 0.5, 1.0, 0.5, 0.0625]
+    """
+    if not (isinstance(fwhm, (int, float)) and math.isfinite(fwhm) and fwhm > 0):
+        raise ValueError(f"fwhm must be a positive number of grid cells, got {fwhm!r}")
+    d = torch.arange(-padding, padding + 1, device=device, dtype=dtype)
+    return torch.exp(-4.0 * math.log(2.0) * d**2 / float(fwhm) ** 2)
+
+
+def marginal_to_map(marginal: Tensor, fwhm: float = 13.0, padding: int | None = None) -> Tensor:
+    """One axis of the Recasens attraction map (ALGORITHM.md section 3).
+
+    The marginal is reflect-padded by P nodes on each side; padded node t sits at
+    ``p(t) = (t - P) / (n - 1)``; ``g_i = sum(m p k) / sum(m k)`` over the 2P + 1 nodes around node i,
+    clamped to [0, 1]. A uniform marginal gives the identity ``g_i = i / (n - 1)``; the result is
+    non-decreasing (a weighted mean of positions with a positive kernel).
+
+    Args:
+        marginal: (B, n) non-negative weights (row or column sums of a saliency map), n >= 2.
+        fwhm: full width at half maximum of the attraction kernel, in grid cells (default 13).
+        padding: P, default ``n - 1`` capped at 30 (the grid's ``min(gh, gw) - 1`` for 31 x 51).
+
+    Returns:
+        (B, n) map values in [0, 1] with ``g_0 = 0`` and ``g_{n-1} = 1``.
+
+    Example:
+        >>> g = marginal_to_map(torch.ones(1, 5), fwhm=2.0)
+        >>> torch.allclose(g, torch.linspace(0, 1, 5)[None])
+        True
+    """
+    if marginal.dim() != 2:
+        raise ValueError(f"marginal must have shape (B, n), got {tuple(marginal.shape)}")
+    n = marginal.shape[1]
+    if n < 2:
+        raise ValueError(f"marginal needs at least 2 nodes, got {n}")
+    p = min(n - 1, 30) if padding is None else int(padding)
+    if not 0 <= p <= n - 1:
+        raise ValueError(f"padding must be in [0, n - 1] = [0, {n - 1}] for reflect padding, got {p}")
+    dt = _map_dtype(marginal)
+    m = marginal.to(dt)
+    m_pad = F.pad(m[:, None, :], (p, p), mode="reflect") if p > 0 else m[:, None, :]
+    pos = (torch.arange(n + 2 * p, device=m.device, dtype=dt) - p) / (n - 1)
+    k = attraction_kernel(fwhm, p, device=m.device, dtype=dt)[None, None, :]
+    num = F.conv1d(m_pad * pos, k)[:, 0]
+    den = F.conv1d(m_pad, k)[:, 0]
+    g = (num / den.clamp(min=torch.finfo(dt).tiny)).clamp(0.0, 1.0)
+    # Reflect padding makes g_0 = 0 and g_{n-1} = 1 exactly in exact arithmetic: pin them so the map
+    # always spans the whole image. Monotone by construction; cummax only removes float-rounding wiggles.
+    ends = g.new_zeros(g.shape[0], 1)
+    g = torch.cat((ends, g[:, 1:-1], ends + 1.0), dim=1)
+    return torch.cummax(g, dim=1).values
+
+
+def saliency_to_maps(saliency: Tensor, fwhm: float = 13.0, padding: int | None = None) -> tuple[Tensor, Tensor]:
+    """Separable sampling maps from a saliency map: column sums give x, row sums give y.
+
+    Args:
+        saliency: (B, gh, gw) non-negative saliency (need not be normalised).
+        fwhm: attraction kernel FWHM in grid cells (default 13, the authors' runs).
+        padding: P for both axes; default ``min(gh, gw) - 1`` (30 on the 31 x 51 grid).
+
+    Returns:
+        ``(map_y, map_x)``: (B, gh) and (B, gw) monotone maps in [0, 1].
+
+    Example:
+        >>> my, mx = saliency_to_maps(torch.ones(2, 31, 51))
+        >>> float((mx - torch.linspace(0, 1, 51)).abs().max()) < 1e-6
+        True
+    """
+    if saliency.dim() != 3:
+        raise ValueError(f"saliency must have shape (B, gh, gw), got {tuple(saliency.shape)}")
+    if not torch.isfinite(saliency).all() or (saliency < 0).any():
+        raise ValueError("saliency must be finite and non-negative")
+    gh, gw = saliency.shape[1:]
+    p = min(gh, gw) - 1 if padding is None else padding
+    s = saliency.to(_map_dtype(saliency))
+    map_x = marginal_to_map(s.sum(1), fwhm, p)
+    map_y = marginal_to_map(s.sum(2), fwhm, p)
+    return map_y, map_x
+
+
+def interp_map(m: Tensor, u: Tensor) -> Tensor:
+    """Evaluate piecewise-linear maps at positions ``u`` (fractions in [0, 1]).
+
+    Args:
+        m: (B, n) map node values.
+        u: (B, M) or (M,) positions; values outside [0, 1] are clamped.
+
+    Returns:
+        (B, M) values ``g(u)``.
+
+    Example:
+        >>> interp_map(torch.tensor([[0., 0.2, 1.]]), torch.tensor([0.25, 0.75])).tolist()
+        [[0.10000000149011612, 0.6000000238418579]]
+    """
+    b, n = m.shape
+    u = u.to(m.dtype)
+    if u.dim() == 1:
+        u = u.expand(b, -1)
+    t = u.clamp(0.0, 1.0) * (n - 1)
+    i0 = t.detach().floor().long().clamp(0, n - 2)
+    frac = t - i0.to(t.dtype)
+    lo = torch.gather(m, 1, i0)
+    hi = torch.gather(m, 1, i0 + 1)
+    return lo + (hi - lo) * frac
+
+
+def invert_map(m: Tensor, v: Tensor) -> Tensor:
+    """Evaluate the exact inverse ``h = g^-1`` of piecewise-linear increasing maps at ``v``.
+
+    Uses ``searchsorted`` on the node values; flat pieces (zero slope) resolve to their left end.
+
+    Args:
+        m: (B, n) non-decreasing map node values with ``m[:, 0] <= v <= m[:, -1]``.
+        v: (B, M) or (M,) positions in [0, 1].
+
+    Returns:
+        (B, M) positions ``u`` with ``g(u) = v``.
+
+    Example:
+        >>> m = torch.tensor([[0., 0.2, 1.]])
+        >>> u = invert_map(m, torch.tensor([0.1, 0.6]))
+        >>> torch.allclose(interp_map(m, u), torch.tensor([[0.1, 0.6]]))
+        True
+    """
+    b, n = m.shape
+    v = v.to(m.dtype)
+    if v.dim() == 1:
+        v = v.expand(b, -1)
+    v = v.clamp(min=0.0, max=1.0)
+    idx = torch.searchsorted(m.detach().contiguous(), v.detach().contiguous(), right=True).clamp(1, n - 1)
+    lo = torch.gather(m, 1, idx - 1)
+    hi = torch.gather(m, 1, idx)
+    slope = hi - lo
+    frac = torch.where(slope > 0, (v - lo) / torch.where(slope > 0, slope, torch.ones_like(slope)), torch.zeros_like(v))
+    return ((idx - 1).to(m.dtype) + frac.clamp(0.0, 1.0)) / (n - 1)
+
+
+def pixel_centers(n: int, device=None, dtype=torch.float32) -> Tensor:
+    """Pixel centres of an axis of ``n`` pixels as fractions: ``(c + 0.5) / n``.
+
+    Example:
+        >>> pixel_centers(4).tolist()
+        [0.125, 0.375, 0.625, 0.875]
+    """
+    return (torch.arange(n, device=device, dtype=dtype) + 0.5) / n
+
+
+def _separable_bilinear(x: Tensor, fy: Tensor, fx: Tensor) -> Tensor:
+    """Bilinear resampling at a separable grid with border padding, by two 1-D gathers."""
+    b, c, h, w = x.shape
+    iy = (fy * h - 0.5).clamp(0, h - 1)
+    ix = (fx * w - 0.5).clamp(0, w - 1)
+    y0 = iy.detach().floor().long().clamp(max=max(h - 2, 0))
+    x0 = ix.detach().floor().long().clamp(max=max(w - 2, 0))
+    wy = (iy - y0.to(iy.dtype)).to(x.dtype)
+    wx = (ix - x0.to(ix.dtype)).to(x.dtype)
+    y1 = (y0 + 1).clamp(max=h - 1)
+    x1 = (x0 + 1).clamp(max=w - 1)
+    ho, wo = fy.shape[1], fx.shape[1]
+    gx0 = x0[:, None, None, :].expand(b, c, h, wo)
+    gx1 = x1[:, None, None, :].expand(b, c, h, wo)
+    t = torch.lerp(torch.gather(x, 3, gx0), torch.gather(x, 3, gx1), wx[:, None, None, :])
+    gy0 = y0[:, None, :, None].expand(b, c, ho, wo)
+    gy1 = y1[:, None, :, None].expand(b, c, ho, wo)
+    return torch.lerp(torch.gather(t, 2, gy0), torch.gather(t, 2, gy1), wy[:, None, :, None])
+
+
+def resample(x: Tensor, fy: Tensor, fx: Tensor, mode: str = "bilinear", method: str = "grid_sample") -> Tensor:
+    """Resample images or features at a separable grid of positions (border padding).
+
+    Output pixel (i, j) of image b reads ``x[b]`` at the fractional position ``(fy[b, i], fx[b, j])``.
+    Computation is in float32 (float64 if ``x`` is float64) and the result has ``x``'s dtype.
+
+    Args:
+        x: (B, C, H, W) tensor.
+        fy: (B, H_out) row positions as fractions in [0, 1].
+        fx: (B, W_out) column positions as fractions in [0, 1].
+        mode: "bilinear" or "nearest" ("nearest" for label maps; ``method`` is then grid_sample).
+        method: "grid_sample" (one 2-D ``F.grid_sample``; the fastest measured on CPU) or
+            "separable" (two 1-D gathers, bilinear only; equal to grid_sample up to rounding).
+
+    Returns:
+        (B, C, H_out, W_out) tensor.
+
+    Example:
+        >>> x = torch.arange(8.).reshape(1, 1, 2, 4)
+        >>> resample(x, pixel_centers(2)[None], pixel_centers(4)[None]).equal(x)
+        True
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if fy.dim() != 2 or fx.dim() != 2 or fy.shape[0] != x.shape[0] or fx.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"fy and fx must have shapes (B, H_out) and (B, W_out) with B = {x.shape[0]}, "
+            f"got {tuple(fy.shape)} and {tuple(fx.shape)}"
+        )
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    if method not in ("grid_sample", "separable"):
+        raise ValueError(f"method must be 'grid_sample' or 'separable', got {method!r}")
+    orig_dtype = x.dtype
+    work = torch.float64 if orig_dtype == torch.float64 else torch.float32
+    xw = x if x.dtype == work else x.to(work)
+    if not xw.is_floating_point():
+        raise TypeError(f"x must be a floating point tensor, got {orig_dtype}")
+    if method == "separable" and mode == "bilinear":
+        out = _separable_bilinear(xw, fy.to(work), fx.to(work))
+    else:
+        b, ho, wo = x.shape[0], fy.shape[1], fx.shape[1]
+        gx = (2.0 * fx.to(work) - 1.0)[:, None, :].expand(b, ho, wo)
+        gy = (2.0 * fy.to(work) - 1.0)[:, :, None].expand(b, ho, wo)
+        grid = torch.stack((gx, gy), dim=-1)
+        out = F.grid_sample(xw, grid, mode=mode, padding_mode="border", align_corners=False)
+    return out if out.dtype == orig_dtype else out.to(orig_dtype)
+
+
+def _size2(size) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+        raise TypeError(f"size must be (H, W), got {size!r}")
+    h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {(h, w)}")
+    return h, w
+
+
+@dataclass
+class Warp:
+    """A batch of separable warps: two monotone 1-D maps per image.
+
+    ``warped(u, v) = original(g_x(u), g_y(v))`` in fractional coordinates. Produces sampling grids and
+    their exact inverse at any resolution, maps points and boxes both ways, and moves with ``.to()``.
+
+    Attributes:
+        map_y: (B, gh) row map node values in [0, 1], non-decreasing, 0 and 1 at the ends.
+        map_x: (B, gw) column map node values.
+        image_size: (H, W) of the image it was built for (default size for points and boxes), or None.
+
+    Example:
+        >>> w = Warp.identity(2, (31, 51), image_size=(64, 128))
+        >>> fy, fx = w.axes((64, 128))
+        >>> torch.allclose(fx[0], pixel_centers(128))
+        True
+    """
+
+    map_y: Tensor
+    map_x: Tensor
+    image_size: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.map_y.dim() != 2 or self.map_x.dim() != 2 or self.map_y.shape[0] != self.map_x.shape[0]:
+            raise ValueError(
+                f"map_y and map_x must have shapes (B, gh) and (B, gw), got {tuple(self.map_y.shape)} "
+                f"and {tuple(self.map_x.shape)}"
+            )
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def identity(cls, batch_size: int, grid_size: Sequence[int] = (31, 51), image_size=None, device=None) -> "Warp":
+        """The identity warp (what an image without boxes gets)."""
+        gh, gw = grid_size
+        my = torch.linspace(0, 1, gh, device=device).expand(batch_size, gh).clone()
+        mx = torch.linspace(0, 1, gw, device=device).expand(batch_size, gw).clone()
+        return cls(my, mx, image_size)
+
+    @classmethod
+    def from_saliency(cls, saliency: Tensor, fwhm: float = 13.0, image_size=None, padding: int | None = None) -> "Warp":
+        """Build the warp of a (B, gh, gw) saliency map (see :func:`saliency_to_maps`)."""
+        my, mx = saliency_to_maps(saliency, fwhm, padding)
+        return cls(my, mx, None if image_size is None else _size2(image_size))
+
+    # -- basic properties ---------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.map_x.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.map_x.device
+
+    def to(self, *args, **kwargs) -> "Warp":
+        """Move the maps (like ``Tensor.to``); float dtypes below float32 are kept at float32."""
+        my, mx = self.map_y.to(*args, **kwargs), self.map_x.to(*args, **kwargs)
+        if my.dtype not in (torch.float32, torch.float64):
+            my, mx = my.float(), mx.float()
+        return Warp(my, mx, self.image_size)
+
+    def detach(self) -> "Warp":
+        return Warp(self.map_y.detach(), self.map_x.detach(), self.image_size)
+
+    def __getitem__(self, idx) -> "Warp":
+        """Select images of the batch (int, slice or index tensor); keeps the batch dimension."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1 if idx != -1 else None)
+        return Warp(self.map_y[idx], self.map_x[idx], self.image_size)
+
+    def repeat(self, n: int) -> "Warp":
+        """Each image's warp repeated n times in a row (e.g. for a source batch plus its augmented copy)."""
+        return Warp(self.map_y.repeat_interleave(n, 0), self.map_x.repeat_interleave(n, 0), self.image_size)
+
+    # -- 1-D axes ----------------------------------------------------------------------------
+    def axes(self, size, inverse: bool = False) -> tuple[Tensor, Tensor]:
+        """Sampling positions (fractions in [0, 1]) at a resolution, one axis at a time.
+
+        Args:
+            size: (H, W) of the OUTPUT of the resampling (the warped image or feature map).
+            inverse: False: positions in the original that each warped pixel reads (``g``);
+                True: positions in the warped image that each original pixel reads (``g^-1``).
+
+        Returns:
+            ``(fy, fx)`` of shapes (B, H) and (B, W).
+        """
+        h, w = _size2(size)
+        cy = pixel_centers(h, self.device, self.map_y.dtype)
+        cx = pixel_centers(w, self.device, self.map_x.dtype)
+        if inverse:
+            return invert_map(self.map_y, cy), invert_map(self.map_x, cx)
+        return interp_map(self.map_y, cy), interp_map(self.map_x, cx)
+
+    def grid(self, size, inverse: bool = False) -> Tensor:
+        """The (B, H, W, 2) ``grid_sample`` grid (``align_corners=False``, xy order) at a resolution.
+
+        ``F.grid_sample(image, warp.grid(image.shape[-2:]), align_corners=False)`` warps an image;
+        ``warp.grid(size, inverse=True)`` unwarps anything of that size.
+        """
+        fy, fx = self.axes(size, inverse)
+        b, h, w = fy.shape[0], fy.shape[1], fx.shape[1]
+        return torch.stack(((2 * fx - 1)[:, None, :].expand(b, h, w), (2 * fy - 1)[:, :, None].expand(b, h, w)), -1)
+
+    # -- tensors ------------------------------------------------------------------------------
+    def _check_batch(self, x: Tensor, name: str) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
+        if x.shape[0] != self.batch_size:
+            raise ValueError(f"{name} has batch size {x.shape[0]} but the warp has {self.batch_size}")
+
+    def apply(self, x: Tensor, mode: str = "bilinear", method: str = "grid_sample") -> Tensor:
+        """Warp a (B, C, H, W) image, label map (``mode="nearest"``) or feature map."""
+        self._check_batch(x, "x")
+        fy, fx = self.axes(x.shape[-2:], inverse=False)
+        return resample(x, fy, fx, mode, method)
+
+    def unapply(self, x: Tensor, mode: str = "bilinear", method: str = "grid_sample") -> Tensor:
+        """Unwarp a (B, C, H, W) tensor computed on the warped image back to the original geometry."""
+        self._check_batch(x, "x")
+        fy, fx = self.axes(x.shape[-2:], inverse=True)
+        return resample(x, fy, fx, mode, method)
+
+    # -- points and boxes ---------------------------------------------------------------------
+    def _points(self, points, size, inverse: bool) -> Tensor | list[Tensor]:
+        if size is None:
+            size = self.image_size
+        if size is None:
+            raise ValueError("size (H, W) is required: this warp was built without an image_size")
+        h, w = _size2(size)
+        if isinstance(points, (list, tuple)):
+            if len(points) != self.batch_size:
+                raise ValueError(f"points has {len(points)} entries but the warp has batch size {self.batch_size}")
+            lens = [int(p.reshape(-1, 2).shape[0]) for p in points]
+            if max(lens, default=0) == 0:
+                return [p.reshape(0, 2) for p in points]
+            padded = torch.nn.utils.rnn.pad_sequence([p.reshape(-1, 2) for p in points], batch_first=True)
+            out = self._points(padded, (h, w), inverse)
+            return [out[i, :n] for i, n in enumerate(lens)]
+        if not isinstance(points, Tensor) or points.dim() != 3 or points.shape[-1] != 2:
+            raise ValueError(f"points must be a (B, N, 2) tensor of (x, y) pixels or a list of (N, 2), got {getattr(points, 'shape', type(points))}")
+        if points.shape[0] != self.batch_size:
+            raise ValueError(f"points has batch size {points.shape[0]} but the warp has {self.batch_size}")
+        dt = self.map_x.dtype
+        u = points[..., 0].to(dt) / w
+        v = points[..., 1].to(dt) / h
+        f = invert_map if not inverse else interp_map
+        # original -> warped uses g^-1 (where does original content land); warped -> original uses g
+        x = f(self.map_x, u) * w
+        y = f(self.map_y, v) * h
+        return torch.stack((x, y), -1).to(points.dtype if points.is_floating_point() else dt)
+
+    def forward_points(self, points, size=None):
+        """Map (x, y) pixel points of the ORIGINAL image to where they appear in the warped image.
+
+        Args:
+            points: (B, N, 2) tensor or list of B tensors (N_i, 2), continuous pixel coordinates.
+            size: (H, W) of the image; default ``image_size``.
+        """
+        return self._points(points, size, inverse=False)
+
+    def inverse_points(self, points, size=None):
+        """Map (x, y) pixel points of the WARPED image back to the original image."""
+        return self._points(points, size, inverse=True)
+
+    def _boxes(self, boxes, size, inverse: bool):
+        if isinstance(boxes, (list, tuple)):
+            if len(boxes) != self.batch_size:
+                raise ValueError(f"boxes has {len(boxes)} entries but the warp has batch size {self.batch_size}")
+            pts = [b.reshape(-1, 4).reshape(-1, 2) for b in boxes]
+            out = self._points(pts, size, inverse)
+            return [p.reshape(-1, 4) for p in out]
+        if not isinstance(boxes, Tensor) or boxes.dim() != 3 or boxes.shape[-1] != 4:
+            raise ValueError(f"boxes must be a (B, N, 4) tensor or a list of (N, 4) tensors, got {getattr(boxes, 'shape', type(boxes))}")
+        b, n = boxes.shape[:2]
+        return self._points(boxes.reshape(b, 2 * n, 2), size, inverse).reshape(b, n, 4)
+
+    def forward_boxes(self, boxes, size=None):
+        """Map xyxy boxes of the original image into the warped image (a separable monotone warp
+        keeps axis-aligned boxes axis-aligned, so this is exact)."""
+        return self._boxes(boxes, size, inverse=False)
+
+    def inverse_boxes(self, boxes, size=None):
+        """Map xyxy boxes of the warped image back to the original image."""
+        return self._boxes(boxes, size, inverse=True)
+
+    def zoom(self) -> tuple[Tensor, Tensor]:
+        """Local magnification per axis at the grid nodes' segments: (B, gh - 1), (B, gw - 1).
+
+        Values above one mean the original is oversampled (zoomed in) there.
+        """
+        dy = self.map_y.diff(dim=1) * (self.map_y.shape[1] - 1)
+        dx = self.map_x.diff(dim=1) * (self.map_x.shape[1] - 1)
+        return 1.0 / dy.clamp(min=1e-12), 1.0 / dx.clamp(min=1e-12)

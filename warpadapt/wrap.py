@@ -1,0 +1,168 @@
+"""``wrap()``: make any timm backbone warp in training and unwarp its features, for free at test time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .modules import FeatureUnwarp, SaliencyWarp
+from .warp import Warp
+
+__all__ = ["WarpedBackbone", "wrap"]
+
+_PREFIX = "model."
+
+
+def _layout_of(model: nn.Module) -> str:
+    fmt = getattr(model, "output_fmt", None)
+    fmt = getattr(fmt, "value", fmt)  # timm's Format enum
+    return "NHWC" if str(fmt).upper() == "NHWC" else "NCHW"
+
+
+def _is_features_only(model: nn.Module) -> bool:
+    # timm: features_only models carry a FeatureInfo object; plain models a list of dicts.
+    info = getattr(model, "feature_info", None)
+    return info is not None and not isinstance(info, (list, tuple))
+
+
+class WarpedBackbone(nn.Module):
+    """A timm backbone that warps its input in training (with boxes) and unwarps every feature level.
+
+    Built by :func:`wrap`. Holds the model as ``self.model`` and adds no parameters or buffers; its
+    ``state_dict()`` has exactly the bare model's keys and loads into it (and back).
+
+    * ``forward(images, boxes)`` in training mode: warp -> backbone -> unwarp, features in the original
+      geometry (same structure, shapes and layout as the bare model returns).
+    * eval mode, or ``boxes=None``: exactly ``model(images)`` (zero added work).
+    """
+
+    def __init__(self, model: nn.Module, warper: SaliencyWarp, mode: str = "auto", method: str = "grid_sample") -> None:
+        super().__init__()
+        if mode not in ("auto", "features", "intermediates"):
+            raise ValueError(f"mode must be 'auto', 'features' or 'intermediates', got {mode!r}")
+        if mode == "auto":
+            mode = "features" if _is_features_only(model) else "intermediates"
+        if mode == "intermediates" and not hasattr(model, "forward_intermediates"):
+            raise TypeError(
+                f"model ({type(model).__name__}) is neither a timm features_only model nor has "
+                "forward_intermediates(); build it with timm.create_model(..., features_only=True)"
+            )
+        self.model = model
+        self.warper = warper
+        self.mode = mode
+        self.unwarp = FeatureUnwarp(_layout_of(model) if mode == "features" else "NCHW", method)
+        self.register_state_dict_post_hook(_strip_prefix)
+        self.register_load_state_dict_pre_hook(_add_prefix)
+
+    # timm-style introspection passes through
+    @property
+    def feature_info(self):
+        return self.model.feature_info
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            model = self._modules.get("model")
+            if model is None or name.startswith("__"):
+                raise
+            return getattr(model, name)
+
+    def _should_warp(self, boxes, warp: bool | None) -> bool:
+        if warp is not None:
+            return bool(warp) and self.warper.guidance != "none"
+        return self.training and boxes is not None and self.warper.guidance != "none"
+
+    def make_warp(self, images: Tensor, boxes=None) -> tuple[Tensor, Warp]:
+        """Warp a batch of images: ``(warped, warp)`` (see :class:`~warpadapt.SaliencyWarp`)."""
+        return self.warper(images, boxes)
+
+    def forward(self, images: Tensor, boxes=None, *, warp: bool | None = None, return_warp: bool = False, **kwargs):
+        """Args:
+            images: (B, C, H, W).
+            boxes: list of B tensors (N_i, 4) xyxy pixels of ``images``; triggers the warp in training.
+            warp: force (True) or forbid (False) the warp regardless of mode; default: training and boxes.
+            return_warp: also return the :class:`Warp` used (None when not warped).
+            kwargs: passed to ``forward_intermediates`` for plain (not features_only) models.
+
+        Returns:
+            the model's features (list / dict / tensor, same shapes), or ``(features, warp)``.
+        """
+        if not self._should_warp(boxes, warp):
+            feats = self._run(images, **kwargs)
+            return (feats, None) if return_warp else feats
+        warped, w = self.warper(images, boxes)
+        feats = self._run(warped, **kwargs)
+        unwarp = self.unwarp
+        if self.mode == "intermediates" and str(kwargs.get("output_fmt", "NCHW")).upper() == "NHWC":
+            unwarp = FeatureUnwarp("NHWC", self.unwarp.method)
+        feats = unwarp(feats, w)
+        return (feats, w) if return_warp else feats
+
+    def _run(self, images: Tensor, **kwargs):
+        if self.mode == "features":
+            return self.model(images)
+        return self.model.forward_intermediates(images, intermediates_only=True, **kwargs)
+
+    def forward_intermediates(self, images: Tensor, boxes=None, *, warp: bool | None = None, **kwargs):
+        """timm's ``forward_intermediates`` with the warp: intermediates unwarped; a 4-D final feature map
+        (CNNs) is unwarped too; token outputs (ViT final ``(B, L, C)``) are returned as computed."""
+        if not hasattr(self.model, "forward_intermediates"):
+            raise TypeError(f"{type(self.model).__name__} has no forward_intermediates()")
+        if not self._should_warp(boxes, warp):
+            return self.model.forward_intermediates(images, **kwargs)
+        warped, w = self.warper(images, boxes)
+        out = self.model.forward_intermediates(warped, **kwargs)
+        unwarp = FeatureUnwarp("NHWC" if str(kwargs.get("output_fmt", "NCHW")).upper() == "NHWC" else "NCHW", self.unwarp.method)
+        if kwargs.get("intermediates_only", False):
+            return unwarp(out, w)
+        final, inter = out
+        return unwarp(final, w), unwarp(inter, w)
+
+
+def _strip_prefix(module, state_dict, prefix, local_metadata) -> None:
+    inner = prefix + _PREFIX
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+
+
+def _add_prefix(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+    inner = prefix + _PREFIX
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+
+
+def wrap(model: nn.Module, guidance: str = "instance", *, mode: str = "auto", method: str = "grid_sample", **warp_options) -> WarpedBackbone:
+    """Wrap a timm backbone so it trains on saliency-warped images with unwarped features.
+
+    Args:
+        model: a timm model built with ``features_only=True`` (any output format: NCHW, NHWC such as
+            Swin, ViT features through ``FeatureGetterNet``), or any timm model with
+            ``forward_intermediates`` (its forward then returns the intermediates).
+        guidance: "instance", "static", "geometric" or "none" (see :class:`~warpadapt.SaliencyWarp`).
+        mode: "auto" (detect), "features" or "intermediates".
+        method: feature resampling, "grid_sample" or "separable".
+        **warp_options: passed to :class:`~warpadapt.SaliencyWarp` (grid_size, fwhm, bandwidth_scale,
+            amplitude_scale, prior, vanishing_point, geometric_sigma).
+
+    Returns:
+        a :class:`WarpedBackbone` with the model's ``feature_info``.
+
+    Example:
+        >>> import timm
+        >>> net = wrap(timm.create_model("resnet18", features_only=True, pretrained=False, out_indices=(2, 3)))
+        >>> x = torch.rand(2, 3, 64, 96)
+        >>> feats = net.train()(x, boxes=[torch.tensor([[10., 10., 30., 40.]]), torch.zeros(0, 4)])
+        >>> [tuple(f.shape) for f in feats]
+        [(2, 128, 8, 12), (2, 256, 4, 6)]
+        >>> bare = net.eval()(x)  # eval: exactly the bare model
+        >>> all(a.equal(b) for a, b in zip(bare, net.model(x)))
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a timm model), got {type(model).__name__}")
+    if isinstance(model, WarpedBackbone):
+        raise ValueError("model is already wrapped")
+    return WarpedBackbone(model, SaliencyWarp(guidance, method=method, **warp_options), mode=mode, method=method)
