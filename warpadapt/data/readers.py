@@ -562,8 +562,9 @@ def boxes_from_instance_map(instance: np.ndarray, thing_classes: Sequence[int] =
     instance = np.asarray(instance)
     if instance.ndim != 2:
         raise ValueError(f"instance map must be (H, W), got shape {instance.shape}")
-    ids, inverse = np.unique(instance, return_inverse=True)
-    inverse = inverse.reshape(instance.shape)
+    # Only pixels with id >= 1000 can be instances: unique over those alone (few percent of pixels).
+    sel = instance >= 1000
+    ids, inverse = np.unique(instance[sel], return_inverse=True)
     cls = ids // 1000
     if encoding == "label":
         train = label_ids_to_train_ids(cls)
@@ -575,7 +576,8 @@ def boxes_from_instance_map(instance: np.ndarray, thing_classes: Sequence[int] =
     # Relabel thing instances to 1..n (everything else 0) so find_objects gives one slice each.
     new_label = np.zeros(len(ids), dtype=np.int64)
     new_label[is_thing] = np.arange(1, int(is_thing.sum()) + 1)
-    labelled = new_label[inverse]
+    labelled = np.zeros(instance.shape, dtype=np.int64)
+    labelled[sel] = new_label[inverse.reshape(-1)]
     boxes = _boxes_from_labelled(labelled, int(is_thing.sum()))
     return boxes, train[is_thing].astype(np.int64)
 
