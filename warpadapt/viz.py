@@ -155,7 +155,7 @@ def _to_tensor_image(img: np.ndarray) -> torch.Tensor:
 def pixel_share(boxes=None, image_size=None, warp: Warp | None = None, mask=None, index: int = 0) -> float:
     """Fraction of image pixels covered by objects, before or after a warp.
 
-    Objects are the union of ``boxes`` (rasterised at ``image_size``; after the warp the boxes are
+    Objects are the union of ``boxes`` (its exact area; after the warp the boxes are
     mapped with :meth:`Warp.forward_boxes`, exact for a separable warp) or a boolean ``mask``
     ((H, W), e.g. ``instance > 0``; warped with nearest sampling).
 
@@ -185,10 +185,19 @@ def pixel_share(boxes=None, image_size=None, warp: Warp | None = None, mask=None
     b = _as_boxes(boxes)
     if warp is not None and len(b):
         b = _one_warp(warp, index).forward_boxes([torch.from_numpy(b)], (h, w))[0].numpy()
-    grid = np.zeros((h, w), bool)
-    for x1, y1, x2, y2 in np.clip(np.rint(b), 0, [w, h, w, h]).astype(int):
-        grid[y1:y2, x1:x2] = True
-    return float(grid.mean())
+    return _union_area(np.clip(b, 0, [w, h, w, h])) / (h * w)
+
+
+def _union_area(b: np.ndarray) -> float:
+    """Exact area of a union of xyxy boxes (coordinate compression)."""
+    if len(b) == 0:
+        return 0.0
+    xs, ys = np.unique(b[:, [0, 2]]), np.unique(b[:, [1, 3]])
+    cx, cy = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2
+    inx = (b[:, 0, None] <= cx) & (cx <= b[:, 2, None])  # (N, nx - 1)
+    iny = (b[:, 1, None] <= cy) & (cy <= b[:, 3, None])  # (N, ny - 1)
+    covered = (iny[:, :, None] & inx[:, None, :]).any(0)
+    return float((np.diff(ys)[:, None] * np.diff(xs)[None, :] * covered).sum())
 
 
 # -- single panels ------------------------------------------------------------------------------------
