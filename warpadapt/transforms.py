@@ -473,7 +473,8 @@ class AlbuSaliencyWarp(A.DualTransform):
         if self.warper.guidance == "instance":
             raw = data.get("bboxes")
             arr = np.zeros((0, 4)) if raw is None or len(raw) == 0 else np.asarray(raw, dtype=np.float64)
-            xyxy = arr.reshape(len(arr), -1)[:, :4] * np.array([w, h, w, h], dtype=np.float64)
+            xyxy = arr.reshape(len(arr), -1)[:, :4] if len(arr) else np.zeros((0, 4))
+            xyxy = xyxy * np.array([w, h, w, h], dtype=np.float64)
             boxes = [torch.from_numpy(xyxy).float()]
         warp = self.warper.make_warp((h, w), boxes, batch_size=1)
         return {"warp": warp}
