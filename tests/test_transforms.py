@@ -98,6 +98,8 @@ def test_kornia_standalone_saliency_boxes_and_replay():
     assert (back - img).abs().mean() < 0.01
     with pytest.raises(ValueError, match="saliency_boxes"):
         aug(img, params=params, saliency_boxes=boxes)
+    with pytest.raises(ValueError, match="needs the sample's boxes"):  # guidance is for one draw only
+        aug(img)
 
 
 def test_kornia_empty_boxes_identity():

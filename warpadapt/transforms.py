@@ -66,6 +66,9 @@ from .warp import Warp
 
 __all__ = ["RandomSaliencyWarp", "AlbuSaliencyWarp", "attach_box_guidance", "boxes_from_kornia"]
 
+_Params = dict[str, Tensor]
+_Flags = dict[str, Any]
+
 _BOX_KEYS = {DataKey.BBOX: "vertices_plus", DataKey.BBOX_XYXY: "xyxy_plus", DataKey.BBOX_XYWH: "xywh"}
 
 
@@ -234,10 +237,11 @@ class RandomSaliencyWarp(K.GeometricAugmentationBase2D):
             raise ValueError("params must hold 'map_y' and 'map_x' (draw them with forward_parameters)")
         shape = params["forward_input_shape"].tolist()
         my, mx = params["map_y"], params["map_x"]
-        return Warp(my.to(device=device, dtype=torch.float32), mx.to(device=device, dtype=torch.float32), (shape[-2], shape[-1]))
+        f32 = dict(device=device, dtype=torch.float32)
+        return Warp(my.to(**f32), mx.to(**f32), (int(shape[-2]), int(shape[-1])))
 
     # -- matrices: an identity placeholder -----------------------------------------------------
-    def compute_transformation(self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any]) -> Tensor:
+    def compute_transformation(self, input: Tensor, params: _Params, flags: _Flags) -> Tensor:
         return eye_like(3, input)
 
     def compute_inverse_transformation(self, transform: Tensor) -> Tensor:
@@ -250,23 +254,25 @@ class RandomSaliencyWarp(K.GeometricAugmentationBase2D):
         name = r.name if isinstance(r, Resample) else str(r)
         return "nearest" if name.lower() == "nearest" else "bilinear"
 
-    def _resample(self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any], inverse: bool) -> Tensor:
+    def _resample(self, input: Tensor, params: _Params, flags: _Flags, inverse: bool) -> Tensor:
         warp = self.warp_from_params(params, input.device)
         if warp.batch_size != input.shape[0]:
             raise ValueError(f"input has batch size {input.shape[0]} but params describe {warp.batch_size} warps")
         mode = self._mode(flags)
         return warp.unapply(input, mode=mode) if inverse else warp.apply(input, mode=mode)
 
-    def apply_transform(self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any], transform=None) -> Tensor:
+    def apply_transform(self, input: Tensor, params: _Params, flags: _Flags, transform=None) -> Tensor:
         return self._resample(input, params, flags, inverse=False)
 
-    def apply_transform_mask(self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any], transform=None) -> Tensor:
+    def apply_transform_mask(self, input: Tensor, params: _Params, flags: _Flags, transform=None) -> Tensor:
         # kornia's transform_masks sets flags["resample"] = nearest unless the caller chose another one.
         return self._resample(input, params, flags, inverse=False)
 
-    def inverse_inputs(self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any], transform=None, **kwargs) -> Tensor:
+    def inverse_inputs(self, input: Tensor, params: _Params, flags: _Flags, transform=None, **kwargs) -> Tensor:
         in_tensor = self.transform_tensor(input)
-        params, flags = self._process_kwargs_to_params_and_flags(self._params if params is None else params, flags, **kwargs)
+        params, flags = self._process_kwargs_to_params_and_flags(
+            self._params if params is None else params, flags, **kwargs
+        )
         to_apply = self._gate(params)
         if in_tensor.shape[0] == 0 or not bool(to_apply.any()):
             return in_tensor
@@ -311,14 +317,16 @@ class RandomSaliencyWarp(K.GeometricAugmentationBase2D):
         out._data = mapped if batched else mapped[0]
         return out
 
-    def apply_transform_box(self, input: Boxes, params: dict[str, Tensor], flags: dict[str, Any], transform=None) -> Boxes:
+    def apply_transform_box(self, input: Boxes, params: _Params, flags: _Flags, transform=None) -> Boxes:
         return self._map_box_vertices(input, params, inverse=False)
 
-    def apply_transform_keypoint(self, input: Keypoints, params: dict[str, Tensor], flags: dict[str, Any], transform=None) -> Keypoints:
+    def apply_transform_keypoint(self, input: Keypoints, params: _Params, flags: _Flags, transform=None) -> Keypoints:
         return self._map_keypoints(input, params, inverse=False)
 
-    def inverse_boxes(self, input: Boxes, params: dict[str, Tensor], flags: dict[str, Any], transform=None, **kwargs) -> Boxes:
-        params, flags = self._process_kwargs_to_params_and_flags(self._params if params is None else params, flags, **kwargs)
+    def inverse_boxes(self, input: Boxes, params: _Params, flags: _Flags, transform=None, **kwargs) -> Boxes:
+        params, flags = self._process_kwargs_to_params_and_flags(
+            self._params if params is None else params, flags, **kwargs
+        )
         to_apply = self._gate(params)
         if not bool(to_apply.any()):
             return input.clone()
@@ -327,8 +335,12 @@ class RandomSaliencyWarp(K.GeometricAugmentationBase2D):
             out._data = self._blend_by_prob(out.data, input.data, to_apply)
         return out
 
-    def inverse_keypoints(self, input: Keypoints, params: dict[str, Tensor], flags: dict[str, Any], transform=None, **kwargs) -> Keypoints:
-        params, flags = self._process_kwargs_to_params_and_flags(self._params if params is None else params, flags, **kwargs)
+    def inverse_keypoints(
+        self, input: Keypoints, params: _Params, flags: _Flags, transform=None, **kwargs
+    ) -> Keypoints:
+        params, flags = self._process_kwargs_to_params_and_flags(
+            self._params if params is None else params, flags, **kwargs
+        )
         to_apply = self._gate(params)
         if not bool(to_apply.any()):
             return input.clone()
