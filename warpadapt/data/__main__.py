@@ -131,14 +131,15 @@ def preview(out: str, pairs=None, n: int = 2, size=(256, 512), seed_index: int =
                              squeeze=False)
     for pi, name in enumerate(pairs):
         for j in range(n):
-            scenes = render_pair_sample(name, seed_index + j, size=size)
+            idx = seed_index + pi * n + j
+            scenes = render_pair_sample(name, idx, size=size)
             for k, (s, dom) in enumerate(zip(scenes, ("source", "target"))):
                 ax = axes[pi * n + j, k]
                 ax.imshow(np.clip(s["image"], 0, 1))
                 for b, lab in zip(s["boxes"], s["labels"]):
                     ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=0.8,
                                            ec=colors(int(lab) - 1)))
-                ax.set_title(f"{name} {dom} #{seed_index + j}", fontsize=7)
+                ax.set_title(f"{name} {dom} #{idx}", fontsize=7)
                 ax.axis("off")
     handles = [Rectangle((0, 0), 1, 1, fill=False, ec=colors(i)) for i in range(len(DETECTION_CLASSES))]
     fig.legend(handles, DETECTION_CLASSES, loc="lower center", ncol=len(DETECTION_CLASSES), fontsize=7)
