@@ -15,8 +15,9 @@ from warpadapt.data.readers import (
     BDD100KDetection,
     CityscapesSegmentation,
     CocoDetection,
-    boxes_from_instance_map,
-    boxes_from_semantic_map,
+    CITYSCAPES_THING_TRAIN_IDS,
+    _instance_boxes,
+    _semantic_boxes,
     label_ids_to_train_ids,
 )
 
@@ -477,15 +478,20 @@ def test_box_helpers():
     assert label_ids_to_train_ids(np.array([-1, 7, 8, 24, 33, 34, 255])).tolist() == \
         [255, 0, 1, 11, 18, 255, 255]
     assert label_ids_to_train_ids(torch.tensor([26, 1000])).tolist() == [13, 255]
-    b, c = boxes_from_instance_map(np.zeros((3, 3), dtype=np.int64))
+    b, c = _instance_boxes(np.zeros((3, 3), dtype=np.int64), CITYSCAPES_THING_TRAIN_IDS, "auto")
     assert b.shape == (0, 4) and c.shape == (0,)
     with pytest.raises(ValueError, match="encoding"):
-        boxes_from_instance_map(np.zeros((3, 3)), encoding="x")
+        _instance_boxes(np.zeros((3, 3)), CITYSCAPES_THING_TRAIN_IDS, "x")
+    m = np.zeros((4, 6), dtype=np.int64)
+    m[1:3, 2:5] = 26001  # a car given with label id 26
+    m[0, 0] = 11000  # a person given with train id 11
+    b, c = _instance_boxes(m, CITYSCAPES_THING_TRAIN_IDS, "auto")
+    assert b.tolist() == [[0.0, 0.0, 1.0, 1.0], [2.0, 1.0, 5.0, 3.0]] and c.tolist() == [11, 13]
     # 4- versus 8-connectivity on a diagonal pair of pixels
     s = np.zeros((2, 2), dtype=np.int64)
     s[0, 0] = s[1, 1] = 11
-    assert len(boxes_from_semantic_map(s)[0]) == 1
-    assert len(boxes_from_semantic_map(s, connectivity=4)[0]) == 2
+    assert len(_semantic_boxes(s, CITYSCAPES_THING_TRAIN_IDS)[0]) == 1
+    assert len(_semantic_boxes(s, CITYSCAPES_THING_TRAIN_IDS, connectivity=4)[0]) == 2
 
 
 def test_cityscapes_detection_classes_on_synthetic_style_tree(tmp_path):

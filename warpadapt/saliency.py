@@ -280,7 +280,7 @@ def boxes_from_semantic(
     arr = semantic.detach().cpu().numpy() if isinstance(semantic, Tensor) else np.asarray(semantic)
     if arr.ndim != 2:
         raise ValueError(f"semantic must be a 2-D (H, W) label map, got shape {arr.shape}")
-    boxes, labels = _boxes_from_label_array(arr, thing_classes, connectivity)
+    boxes, labels = _boxes_from_label_array(arr, sorted({int(c) for c in thing_classes}), connectivity)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = area >= min_area
     return torch.from_numpy(boxes[keep]), torch.from_numpy(labels[keep])
@@ -290,6 +290,7 @@ def boxes_from_instance_map(
     instance: Tensor | np.ndarray,
     label_divisor: int = 1000,
     thing_classes: Iterable[int] | None = CITYSCAPES_THING_CLASSES,
+    class_of=None,
 ) -> tuple[Tensor, Tensor]:
     """Tight boxes of every instance in an instance-id map (Cityscapes encoding).
 
@@ -300,6 +301,8 @@ def boxes_from_instance_map(
         instance: (H, W) integer instance-id map.
         label_divisor: class = id // label_divisor (Cityscapes: 1000).
         thing_classes: keep only these classes (None keeps all).
+        class_of: optional callable mapping a tensor of raw classes ``id // label_divisor`` to the class
+            ids used for ``thing_classes`` and the returned labels (e.g. Cityscapes label ids -> train ids).
 
     Returns:
         ``(boxes, labels)``: float32 (N, 4) xyxy covering whole pixels, int64 (N,) class ids, sorted by id.
@@ -330,6 +333,8 @@ def boxes_from_instance_map(
     y2 = torch.full((n,), -1.0).scatter_reduce(0, inv, ys, "amax") + 1
     boxes = torch.stack([x1, y1, x2, y2], 1)
     labels = ids // label_divisor
+    if class_of is not None:
+        labels = torch.as_tensor(class_of(labels), dtype=torch.long)
     if thing_classes is not None:
         keep = torch.isin(labels, torch.tensor(list(thing_classes), dtype=torch.long))
         boxes, labels = boxes[keep], labels[keep]

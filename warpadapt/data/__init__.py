@@ -20,4 +20,4 @@ from warpadapt.data.pairs import (  # noqa: F401
     pair_scene_seed,
     render_pair_sample,
 )
-from warpadapt.data.readers import BDD_CLASSES, CITYSCAPES_CLASSES, BDD100KDetection, CityscapesSegmentation, CocoDetection, boxes_from_instance_map, boxes_from_semantic_map, label_ids_to_train_ids  # noqa: F401,E501
+from warpadapt.data.readers import BDD_CLASSES, CITYSCAPES_CLASSES, BDD100KDetection, CityscapesSegmentation, CocoDetection, label_ids_to_train_ids  # noqa: F401,E501

@@ -36,6 +36,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..saliency import boxes_from_instance_map as _core_instance_boxes
+from ..saliency import boxes_from_semantic as _core_semantic_boxes
+
 __all__ = [
     "BDD_CLASSES",
     "BDD_CATEGORY_ALIASES",
@@ -43,8 +46,6 @@ __all__ = [
     "CITYSCAPES_THING_TRAIN_IDS",
     "LABEL_ID_TO_TRAIN_ID",
     "label_ids_to_train_ids",
-    "boxes_from_instance_map",
-    "boxes_from_semantic_map",
     "CocoDetection",
     "BDD100KDetection",
     "CityscapesSegmentation",
@@ -518,109 +519,35 @@ def label_ids_to_train_ids(label_ids: np.ndarray | torch.Tensor):
     return np.where(valid, _LABEL_LUT[np.clip(ids, 0, 255)], 255)
 
 
-def _boxes_from_labelled(labelled: np.ndarray, n: int) -> np.ndarray:
-    """xyxy (n, 4) boxes of regions 1..n of a labelled map (find_objects slices; end is exclusive)."""
-    from scipy import ndimage
+def _instance_boxes(instance: np.ndarray, thing_classes: Sequence[int], encoding: str) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of a Cityscapes-encoded instance map (``class_id * 1000 + k``; ids < 1000 give no box).
 
-    slices = ndimage.find_objects(labelled, max_label=n)
-    out = np.zeros((n, 4), dtype=np.float32)
-    for i, sl in enumerate(slices):
-        if sl is not None:
-            out[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-    return out
-
-
-def boxes_from_instance_map(instance: np.ndarray, thing_classes: Sequence[int] = CITYSCAPES_THING_TRAIN_IDS,
-                            encoding: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of the instances of a Cityscapes-encoded instance-id map.
-
-    Cityscapes encodes an instance of a "thing" as ``class_id * 1000 + k``; pixels with id < 1000 are
-    stuff or crowd / group regions without instances and give no box.
-
-    Args:
-        instance: int array (H, W).
-        thing_classes: train ids that produce boxes.
-        encoding: what ``id // 1000`` is: ``"label"`` (Cityscapes label ids, real Cityscapes),
-            ``"train"`` (train ids, the warpadapt synthetic export) or ``"auto"``: label ids when
-            ``id // 1000 >= 24`` (label ids of things are 24..33, train ids of things 11..18, so the
-            two never collide).
-
-    Returns:
-        boxes (N, 4) float32 xyxy in continuous pixels (a single pixel at (x, y) is
-        ``(x, y, x + 1, y + 1)``), train ids (N,) int64; sorted by instance id.
-
-    Example:
-        >>> m = np.zeros((4, 6), dtype=np.int64)
-        >>> m[1:3, 2:5] = 26001          # a car (label id 26), instance 1
-        >>> m[0, 0] = 11000              # a person given with train id 11
-        >>> b, c = boxes_from_instance_map(m)
-        >>> b.tolist(), c.tolist()
-        ([[0.0, 0.0, 1.0, 1.0], [2.0, 1.0, 5.0, 3.0]], [11, 13])
+    ``encoding`` says what ``id // 1000`` is: ``"label"`` (Cityscapes label ids, real Cityscapes),
+    ``"train"`` (train ids, the warpadapt synthetic export) or ``"auto"``: label ids when
+    ``id // 1000 >= 24`` (label ids of things are 24..33, train ids of things 11..18, so they never collide).
+    Returns float32 (N, 4) xyxy boxes and int64 (N,) train ids (see :func:`warpadapt.boxes_from_instance_map`).
     """
     if encoding not in ("auto", "label", "train"):
         raise ValueError(f"encoding must be 'auto', 'label' or 'train', got {encoding!r}")
     instance = np.asarray(instance)
     if instance.ndim != 2:
         raise ValueError(f"instance map must be (H, W), got shape {instance.shape}")
-    # Only pixels with id >= 1000 can be instances: unique over those alone (few percent of pixels).
-    sel = instance >= 1000
-    ids, inverse = np.unique(instance[sel], return_inverse=True)
-    cls = ids // 1000
-    if encoding == "label":
-        train = label_ids_to_train_ids(cls)
-    elif encoding == "train":
-        train = cls
-    else:
-        train = np.where(cls >= 24, label_ids_to_train_ids(cls), cls)
-    is_thing = (ids >= 1000) & np.isin(train, np.asarray(list(thing_classes), dtype=np.int64))
-    # Relabel thing instances to 1..n (everything else 0) so find_objects gives one slice each.
-    new_label = np.zeros(len(ids), dtype=np.int64)
-    new_label[is_thing] = np.arange(1, int(is_thing.sum()) + 1)
-    labelled = np.zeros(instance.shape, dtype=np.int64)
-    labelled[sel] = new_label[inverse.reshape(-1)]
-    boxes = _boxes_from_labelled(labelled, int(is_thing.sum()))
-    return boxes, train[is_thing].astype(np.int64)
+
+    def class_of(cls: torch.Tensor) -> torch.Tensor:
+        if encoding == "train":
+            return cls
+        as_train = torch.as_tensor(label_ids_to_train_ids(cls.numpy()), dtype=torch.long)
+        return as_train if encoding == "label" else torch.where(cls >= 24, as_train, cls)
+
+    boxes, train = _core_instance_boxes(torch.from_numpy(instance.astype(np.int64, copy=False)), 1000,
+                                        thing_classes, class_of)
+    return boxes.numpy(), train.numpy()
 
 
-def boxes_from_semantic_map(semantic: np.ndarray,
-                            thing_classes: Sequence[int] = CITYSCAPES_THING_TRAIN_IDS,
-                            connectivity: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of the connected components of each thing class of a train-id map (no instance map).
-
-    Args:
-        semantic: int array (H, W) of train ids.
-        thing_classes: train ids that produce boxes.
-        connectivity: 4 or 8 neighbourhood for ``scipy.ndimage.label``.
-
-    Returns:
-        boxes (N, 4) float32 xyxy continuous pixels, train ids (N,) int64, grouped by class.
-
-    Example:
-        >>> s = np.full((4, 6), 0)
-        >>> s[0:2, 0:2] = 13; s[3, 4:6] = 13; s[2, 2] = 11
-        >>> b, c = boxes_from_semantic_map(s)
-        >>> b.tolist(), c.tolist()
-        ([[2.0, 2.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0], [4.0, 3.0, 6.0, 4.0]], [11, 13, 13])
-    """
-    from scipy import ndimage
-
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    semantic = np.asarray(semantic)
-    if semantic.ndim != 2:
-        raise ValueError(f"semantic map must be (H, W), got shape {semantic.shape}")
-    structure = np.ones((3, 3), dtype=bool) if connectivity == 8 else None
-    all_boxes, all_cls = [], []
-    for c in sorted(set(int(c) for c in thing_classes)):  # loop over <= 8 classes, not pixels
-        mask = semantic == c
-        if not mask.any():
-            continue
-        labelled, n = ndimage.label(mask, structure=structure)
-        all_boxes.append(_boxes_from_labelled(labelled, n))
-        all_cls.append(np.full(n, c, dtype=np.int64))
-    if not all_boxes:
-        return np.zeros((0, 4), dtype=np.float32), np.zeros(0, dtype=np.int64)
-    return np.concatenate(all_boxes), np.concatenate(all_cls)
+def _semantic_boxes(semantic: np.ndarray, thing_classes: Sequence[int], connectivity: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of the connected components of the thing classes (see :func:`warpadapt.boxes_from_semantic`)."""
+    boxes, cls = _core_semantic_boxes(np.asarray(semantic), thing_classes, connectivity)
+    return boxes.numpy(), cls.numpy()
 
 
 _SEG_LAYOUTS = {
@@ -818,11 +745,10 @@ class CityscapesSegmentation(Dataset):
                 raise ValueError(f"{name} map of {img_path} has shape {arr.shape}, image is {(h, w)}")
 
         if instance is not None:
-            boxes, train = boxes_from_instance_map(instance, self.thing_classes,
-                                                   self.instance_encoding)
+            boxes, train = _instance_boxes(instance, self.thing_classes, self.instance_encoding)
             sample["instance"] = torch.from_numpy(instance)
         elif semantic is not None:
-            boxes, train = boxes_from_semantic_map(semantic, self.thing_classes)
+            boxes, train = _semantic_boxes(semantic, self.thing_classes)
         else:
             boxes, train = np.zeros((0, 4), dtype=np.float32), np.zeros(0, dtype=np.int64)
         if semantic is not None:
