@@ -284,6 +284,8 @@ def test_bad_images_and_options_raise():
         SaliencyWarp("boxes")
     with pytest.raises(ValueError, match="fwhm"):
         SaliencyWarp(fwhm=-1)
+    with pytest.raises(ValueError, match="grid_size"):
+        SaliencyWarp(grid_size=(3.5, 5))
     with pytest.raises(ValueError, match="prior"):
         SaliencyWarp("static")
     with pytest.raises(ValueError, match="needs boxes"):

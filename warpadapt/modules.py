@@ -66,7 +66,12 @@ class SaliencyWarp(nn.Module):
         super().__init__()
         if guidance not in GUIDANCES:
             raise ValueError(f"guidance must be one of {GUIDANCES}, got {guidance!r}")
-        if not (isinstance(grid_size, (tuple, list)) and len(grid_size) == 2 and min(grid_size) >= 2):
+        if not (
+            isinstance(grid_size, (tuple, list))
+            and len(grid_size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in grid_size)
+            and min(grid_size) >= 2
+        ):
             raise ValueError(f"grid_size must be a pair (gh, gw) of ints >= 2, got {grid_size!r}")
         for name, val in (("fwhm", fwhm), ("bandwidth_scale", bandwidth_scale), ("amplitude_scale", amplitude_scale)):
             if not isinstance(val, (int, float)) or not val > 0 or val == float("inf"):
