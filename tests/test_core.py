@@ -286,6 +286,8 @@ def test_bad_images_and_options_raise():
         SaliencyWarp(fwhm=-1)
     with pytest.raises(ValueError, match="grid_size"):
         SaliencyWarp(grid_size=(3.5, 5))
+    with pytest.warns(UserWarning, match="fwhm=48"):
+        SaliencyWarp(fwhm=48.0)
     with pytest.raises(ValueError, match="prior"):
         SaliencyWarp("static")
     with pytest.raises(ValueError, match="needs boxes"):

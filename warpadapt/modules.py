@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -79,6 +80,13 @@ class SaliencyWarp(nn.Module):
                 raise ValueError(f"{name} must be a positive finite number, got {val!r}")
         if method not in ("grid_sample", "separable"):
             raise ValueError(f"method must be 'grid_sample' or 'separable', got {method!r}")
+        if fwhm > min(grid_size) - 1:
+            warnings.warn(
+                f"fwhm={fwhm} exceeds the map padding P = min(grid_size) - 1 = {min(grid_size) - 1}: the attraction "
+                "kernel is then wider than the padded grid and the zoom weakens (measured: below the unwarped "
+                "object share at fwhm=48 on 31 x 51); the authors used 13",
+                stacklevel=2,
+            )
         self.guidance = guidance
         self.grid_size = (int(grid_size[0]), int(grid_size[1]))
         self.fwhm = float(fwhm)
