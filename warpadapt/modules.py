@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .saliency import geometric_prior, instance_saliency, load_prior, pad_boxes, uniform_saliency
+from .saliency import geometric_prior, load_prior, pad_boxes, saliency_from_padded, uniform_saliency
 from .warp import Warp, resample
 
 __all__ = ["GUIDANCES", "SaliencyWarp", "FeatureUnwarp"]
@@ -117,9 +117,7 @@ class SaliencyWarp(nn.Module):
             if boxes is None:
                 raise ValueError("guidance='instance' needs boxes: a list of B tensors (N_i, 4)")
             padded, mask = pad_boxes(boxes, image_size, batch_size, device)
-            # masked rows (padding, nothing inside the image) moved off-image: instance_saliency drops them
-            padded = torch.where(mask[..., None], padded, torch.full_like(padded, -1.0))
-            return instance_saliency(padded, image_size, self.grid_size, self.bandwidth_scale, self.amplitude_scale)
+            return saliency_from_padded(padded, mask, image_size, self.grid_size, self.bandwidth_scale, self.amplitude_scale)
         if boxes is not None:
             if not isinstance(boxes, (list, tuple, Tensor)):
                 raise TypeError(f"boxes must be a list of B tensors (N_i, 4), got {type(boxes).__name__}")

@@ -18,6 +18,7 @@ __all__ = [
     "CITYSCAPES_THING_CLASSES",
     "pad_boxes",
     "instance_saliency",
+    "saliency_from_padded",
     "instance_marginals",
     "boxes_from_semantic",
     "boxes_from_instance_map",
@@ -214,19 +215,39 @@ def instance_saliency(
     """
     gh, gw = _check_grid_size(grid_size)
     padded, mask = pad_boxes(boxes, image_size)
+    return saliency_from_padded(padded, mask, image_size, (gh, gw), bandwidth_scale, amplitude_scale)
+
+
+def saliency_from_padded(
+    padded: Tensor,
+    mask: Tensor,
+    image_size: Sequence[int],
+    grid_size: Sequence[int] = (31, 51),
+    bandwidth_scale: float = 64.0,
+    amplitude_scale: float = 1.0,
+) -> Tensor:
+    """:func:`instance_saliency` from boxes already validated and padded by :func:`pad_boxes`.
+
+    Args:
+        padded: (B, N, 4) clipped xyxy boxes; mask: (B, N) bool, which rows are real boxes.
+
+    Example:
+        >>> p, m = pad_boxes([torch.tensor([[10., 10., 20., 20.]])], (64, 64))
+        >>> torch.allclose(saliency_from_padded(p, m, (64, 64)), instance_saliency([p[0]], (64, 64)))
+        True
+    """
+    gh, gw = _check_grid_size(grid_size)
     bsz = padded.shape[0]
     if padded.shape[1] == 0:
-        return uniform_saliency(bsz, (gh, gw), device=padded.device)
+        return uniform_saliency(bsz, (gh, gw), device=padded.device).to(padded.dtype)
     gy, gx, weight = instance_marginals(padded, mask, image_size, (gh, gw), bandwidth_scale, amplitude_scale)
     p = min(gh, gw) - 1
-    floor = mask.sum(1).to(gy.dtype) / (2 * p + 1) ** 2  # added once per box
-    s = torch.einsum("bnh,bnw,bn->bhw", gy, gx, weight) + floor[:, None, None]
-    total = s.sum(dim=(1, 2), keepdim=True)
-    empty = mask.sum(1) == 0
-    s = s / total.clamp(min=1e-30)
-    if empty.any():
-        s = torch.where(empty[:, None, None], uniform_saliency(bsz, (gh, gw), device=s.device), s)
-    return s
+    count = mask.sum(1)
+    floor = count.to(gy.dtype) / (2 * p + 1) ** 2  # added once per box
+    s = torch.bmm((gy * weight[..., None]).transpose(1, 2), gx) + floor[:, None, None]  # (B, gh, gw)
+    s = s / s.sum(dim=(1, 2), keepdim=True).clamp(min=1e-30)
+    # images without boxes: uniform (their s is all zeros before normalisation)
+    return torch.where((count == 0)[:, None, None], torch.full_like(s, 1.0 / (gh * gw)), s)
 
 
 def _boxes_from_label_array(lab: np.ndarray, ids: Iterable[int], connectivity: int) -> tuple[np.ndarray, np.ndarray]:
