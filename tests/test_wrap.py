@@ -161,3 +161,22 @@ def test_guidance_options_and_forcing():
     with pytest.raises(ValueError, match="batch has 2"):
         geo.train()(torch.rand(2, 3, h, w), boxes=[torch.zeros(0, 4)])
     assert "wrap" in warpadapt.__all__
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5"])
+def test_wrap_pvt_v2_lineage(arch):
+    """timm's pvt_v2 family (the MiT / SegFormer lineage): same shapes, eval identical, finite grads."""
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, features_only=True)
+    wrapped = wrap(model)
+    x = torch.rand(1, 3, 64, 96)
+    wrapped.eval()
+    with torch.no_grad():
+        bare = model(x)
+        assert all(a.equal(b) for a, b in zip(wrapped(x), bare))
+    wrapped.train()
+    feats = wrapped(x, boxes=BOXES2[:1])
+    assert shapes(feats) == shapes(bare)
+    sum(f.mean() for f in feats).backward()
+    assert all(torch.isfinite(p.grad).all() for p in wrapped.parameters() if p.grad is not None)
