@@ -51,7 +51,7 @@ PAIRS: dict[str, dict[str, Any]] = {
     "synthetic_clear2fog": dict(
         _BASE, name="synthetic_clear2fog",
         source=dict(style="day", effects=[]),
-        target=dict(style="fog_town", effects=[dict(name="fog", args=dict(beta=[0.012, 0.03], blur=0.5))])),
+        target=dict(style="fog_town", effects=[dict(name="fog", args=dict(beta=[0.01, 0.025], blur=0.5))])),
     "synthetic_clear2rain": dict(
         _BASE, name="synthetic_clear2rain",
         source=dict(style="day", effects=[]),

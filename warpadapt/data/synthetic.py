@@ -10,7 +10,10 @@ the horizon, drawn far to near so nearer objects occlude farther ones.
 The geometry (layout) of a scene depends only on ``(seed, index)``; the *style* (background palette
 and texture statistics: colours of buildings, vegetation, road, sky; grain; window and brick
 patterns) is a separate argument, so the very same scene can be rendered in two domains. Objects keep
-their colours in every style: domains change the background much more than the objects.
+their colours in every style: domains change the background much more than the objects. A style's
+``jitter`` varies its background colours per scene (exposure, white balance, each palette colour by
+up to ``+-jitter``, seeded by ``(seed, index)``), so a domain is a distribution of looks, not one
+palette, and a model trained on it learns more than a colour lookup.
 
 Label conventions
 -----------------
@@ -78,7 +81,8 @@ def _rgb(*hexes: str) -> list:
     return [[int(h[i:i + 2], 16) / 255.0 for i in (1, 3, 5)] for h in hexes]
 
 
-# Background styles: palettes and texture statistics. Colours are RGB in [0, 1].
+# Background styles: palettes and texture statistics. Colours are RGB in [0, 1]. The target styles
+# differ from "day" by plausible, moderate palette changes; the effects (pairs.py) do the rest.
 STYLES: dict[str, dict[str, Any]] = {
     # European town on a clear day: warm plaster and brick, lush green, blue sky, grey asphalt.
     "day": dict(
@@ -90,44 +94,44 @@ STYLES: dict[str, dict[str, Any]] = {
         buildings=_rgb("#d9c7a3", "#c98a62", "#e2dccf", "#b9715a", "#d4b483", "#a9b4b8"),
         brick_prob=0.35, glass_prob=0.10, window=_rgb("#3c4a5a")[0], window_frame=_rgb("#f0ede5")[0],
         wall=_rgb("#a39e92")[0], fence=_rgb("#6e6a63")[0], pole=_rgb("#5c6066")[0],
-        trunk=_rgb("#5a4632")[0], grain=0.04, wall_grain=0.12, noise_cell=3.0,
+        trunk=_rgb("#5a4632")[0], grain=0.04, wall_grain=0.12, noise_cell=3.0, jitter=0.12,
     ),
-    # A different city for the night domain: cold concrete and glass towers, dark blue-green
-    # conifers, patched dark asphalt, ochre terrain, violet dusk sky.
+    # A different city for the night domain: cooler concrete and glass, darker greens, darker
+    # asphalt with yellow lane marks, a violet night sky (the ``night`` effect does the darkness).
     "night_city": dict(
-        sky_top=_rgb("#1b2444")[0], sky_horizon=_rgb("#6a5a7a")[0], cloud=0.25,
-        cloud_color=_rgb("#8a7f95")[0], skyline=_rgb("#2e3440", "#3b4252", "#434c5e"),
-        road=_rgb("#3b3a3e")[0], road_grain=0.25, road_patch=0.35, lane=_rgb("#e9c46a")[0],
-        sidewalk=_rgb("#7c8590")[0], tile=0.4, tile_contrast=0.45, curb=_rgb("#9aa0a8")[0],
-        terrain=_rgb("#8a6f3e", "#6f5a32"), vegetation=_rgb("#1f4a44", "#2e5e55"), veg_grain=0.7,
-        buildings=_rgb("#5f6b7a", "#7b8794", "#4a5566", "#8c8f96", "#3f4a5c"),
-        brick_prob=0.05, glass_prob=0.55, window=_rgb("#8fb3cf")[0], window_frame=_rgb("#2a2f36")[0],
-        wall=_rgb("#55606e")[0], fence=_rgb("#b0b8c0")[0], pole=_rgb("#9aa2aa")[0],
-        trunk=_rgb("#2c2620")[0], grain=0.09, wall_grain=0.25, noise_cell=1.5,
+        sky_top=_rgb("#141c36")[0], sky_horizon=_rgb("#4a4560")[0], cloud=0.3,
+        cloud_color=_rgb("#5a5468")[0], skyline=_rgb("#3a4050", "#454c5c", "#4c5566"),
+        road=_rgb("#55555a")[0], road_grain=0.15, road_patch=0.2, lane=_rgb("#e9c46a")[0],
+        sidewalk=_rgb("#9a9890")[0], tile=0.6, tile_contrast=0.3, curb=_rgb("#b8b4ac")[0],
+        terrain=_rgb("#7f8a4a", "#8f8a58"), vegetation=_rgb("#2f6a3a", "#4a7a40"), veg_grain=0.5,
+        buildings=_rgb("#a8aeb5", "#8c96a3", "#c4b9a6", "#9a8070", "#b0a48c"),
+        brick_prob=0.15, glass_prob=0.35, window=_rgb("#6f8aa3")[0], window_frame=_rgb("#3a3f46")[0],
+        wall=_rgb("#8a8a82")[0], fence=_rgb("#7a7f85")[0], pole=_rgb("#6a6e74")[0],
+        trunk=_rgb("#3f3226")[0], grain=0.06, wall_grain=0.18, noise_cell=2.5, jitter=0.12,
     ),
-    # Misty coast town: pale pastel walls, grey-green scrub, bleached road, white sky.
+    # Misty coast town: pastel walls, grey-green scrub, pale weathered asphalt, white sky.
     "fog_town": dict(
-        sky_top=_rgb("#9fb0bf")[0], sky_horizon=_rgb("#d8dde0")[0], cloud=0.8,
+        sky_top=_rgb("#a8b4c0")[0], sky_horizon=_rgb("#d0d6da")[0], cloud=0.8,
         cloud_color=_rgb("#eceff1")[0], skyline=_rgb("#a8b0b5", "#b5babd"),
-        road=_rgb("#c4ab8e")[0], road_grain=0.22, road_patch=0.35, lane=_rgb("#f5f5f0")[0],
-        sidewalk=_rgb("#5f6f5c")[0], tile=0.5, tile_contrast=0.35, curb=_rgb("#c4b5a5")[0],
-        terrain=_rgb("#b0a27a", "#8c8a6a"), vegetation=_rgb("#6e5f45", "#8f7f5a"), veg_grain=0.6,
-        buildings=_rgb("#9fc5d6", "#e8b4b8", "#f2e8cf", "#a8d5ba", "#d6c1e8"),
-        brick_prob=0.0, glass_prob=0.15, window=_rgb("#6a5f55")[0], window_frame=_rgb("#7a4b3a")[0],
-        wall=_rgb("#c9b9a1")[0], fence=_rgb("#ece6d8")[0], pole=_rgb("#8a7060")[0],
-        trunk=_rgb("#6b5b4b")[0], grain=0.07, wall_grain=0.22, noise_cell=2.0,
+        road=_rgb("#9a9288")[0], road_grain=0.14, road_patch=0.2, lane=_rgb("#f0f0ea")[0],
+        sidewalk=_rgb("#b8ae9e")[0], tile=0.6, tile_contrast=0.3, curb=_rgb("#c8c0b4")[0],
+        terrain=_rgb("#9aa068", "#a8a478"), vegetation=_rgb("#4f6e3c", "#6a8048"), veg_grain=0.5,
+        buildings=_rgb("#c9dbe3", "#e6c2c0", "#f0e6cf", "#bfd8c4", "#d9cde6"),
+        brick_prob=0.05, glass_prob=0.1, window=_rgb("#55606a")[0], window_frame=_rgb("#8a6a5a")[0],
+        wall=_rgb("#b8ae9c")[0], fence=_rgb("#d8d2c4")[0], pole=_rgb("#7a746c")[0],
+        trunk=_rgb("#5a4a3a")[0], grain=0.06, wall_grain=0.18, noise_cell=2.5, jitter=0.12,
     ),
-    # Wet industrial district: dark red brick, black wet asphalt, dark-green hedges, grey sky.
+    # Wet industrial district: red brick, dark wet asphalt, dark-green hedges, grey overcast sky.
     "rain_city": dict(
-        sky_top=_rgb("#55606a")[0], sky_horizon=_rgb("#8a949c")[0], cloud=0.9,
-        cloud_color=_rgb("#6f7880")[0], skyline=_rgb("#4f5558", "#5a6064"),
-        road=_rgb("#2f3134")[0], road_grain=0.22, road_patch=0.30, lane=_rgb("#d0d0c8")[0],
-        sidewalk=_rgb("#5d5550")[0], tile=0.3, tile_contrast=0.40, curb=_rgb("#77706a")[0],
-        terrain=_rgb("#4f5a36", "#5f5030"), vegetation=_rgb("#20331f", "#35462a"), veg_grain=0.6,
-        buildings=_rgb("#7a3b2e", "#5c3a30", "#8b5a48", "#4d4a48", "#6e6258"),
-        brick_prob=0.75, glass_prob=0.05, window=_rgb("#c7d0d6")[0], window_frame=_rgb("#2b2624")[0],
-        wall=_rgb("#4a4440")[0], fence=_rgb("#2a6048")[0], pole=_rgb("#3a3f44")[0],
-        trunk=_rgb("#2a2018")[0], grain=0.08, wall_grain=0.3, noise_cell=1.5,
+        sky_top=_rgb("#606a74")[0], sky_horizon=_rgb("#8e979e")[0], cloud=0.9,
+        cloud_color=_rgb("#7a838a")[0], skyline=_rgb("#5f6568", "#6a7074"),
+        road=_rgb("#4a4c50")[0], road_grain=0.12, road_patch=0.25, lane=_rgb("#d8d8d0")[0],
+        sidewalk=_rgb("#8d857c")[0], tile=0.4, tile_contrast=0.3, curb=_rgb("#a09890")[0],
+        terrain=_rgb("#6f7a45", "#7a7040"), vegetation=_rgb("#2f5a2c", "#4a6a35"), veg_grain=0.5,
+        buildings=_rgb("#9a4a38", "#7a4a3a", "#a8705a", "#6e6a66", "#8e8072"),
+        brick_prob=0.6, glass_prob=0.05, window=_rgb("#a8b4bc")[0], window_frame=_rgb("#3b3430")[0],
+        wall=_rgb("#6a645e")[0], fence=_rgb("#3a6a52")[0], pole=_rgb("#4a4f54")[0],
+        trunk=_rgb("#3a2c20")[0], grain=0.06, wall_grain=0.2, noise_cell=2.0, jitter=0.12,
     ),
 }
 
@@ -402,6 +406,23 @@ def _style(style) -> dict:
     raise ValueError(f"style: expected a style name or a mapping, got {type(style).__name__}")
 
 
+def _jitter_style(S: dict, rng: np.random.Generator, j: float) -> dict:
+    """Per-scene variation of a style's background colours (exposure, white balance, each colour).
+
+    Every colour of the palette is multiplied by a global exposure ``1 +- j``, a per-channel white
+    balance ``1 +- j / 2`` and its own per-channel factor ``1 +- j``: streets, light and cameras vary
+    from scene to scene (object colours are not styled and do not change).
+    """
+    gain = (1 + rng.uniform(-j, j)) * (1 + rng.uniform(-j / 2, j / 2, 3))
+    out = dict(S)
+    for k, v in S.items():
+        if isinstance(v, list) and v and isinstance(v[0], list):
+            out[k] = [np.clip(np.asarray(c) * gain * (1 + rng.uniform(-j, j, 3)), 0, 1).tolist() for c in v]
+        elif isinstance(v, list) and len(v) == 3 and not isinstance(v[0], list):
+            out[k] = np.clip(np.asarray(v) * gain * (1 + rng.uniform(-j, j, 3)), 0, 1).tolist()
+    return out
+
+
 def _frac(a):
     return a - np.floor(a)
 
@@ -526,7 +547,7 @@ def _render_background(L, S, p: SceneParams, rng):
         fencem = low & (typ == 3)
         u = Zf[None, :] - col("z0")
         if fencem.any():
-            lattice = (_frac(u / 0.25) < 0.2) | (_frac(Y / 0.6) < 0.1) | (Y < 0.15)
+            lattice = (_frac(u / 0.35) < 0.35) | (_frac(Y / 0.6) < 0.15) | (Y < 0.2)
             fenc_open = fencem & ~lattice
             fencem &= lattice
             vegm |= fenc_open & (Y < h_veg)
@@ -832,6 +853,8 @@ def generate_scene(seed: int, index: int, params: SceneParams | Mapping | None =
     if params.height < 16 or params.width < 16:
         raise ValueError(f"params: height and width must be >= 16, got {(params.height, params.width)}")
     S = _style(style)
+    if S.get("jitter", 0) > 0:
+        S = _jitter_style(S, scene_rng(seed, index, 3), float(S["jitter"]))
     L = _layout(scene_rng(seed, index, 0), params)
     trng = np.random.default_rng(L["noise_seed"])  # texture noise: same fields in every style
     img, sem, depth, windows = _render_background(L, S, params, trng)
