@@ -111,7 +111,7 @@ def unwarp_cost(arch: str, size, batch: int, repeat: int, out_indices=None):
 
 
 def naive_inverse(warp: Warp, size) -> torch.Tensor:
-    """Baseline: the non-separable, full-resolution 2-D inversion (ALGORITHM.md section 4), per image.
+    """Baseline: the non-separable, full-resolution 2-D inversion of the LZU-style code, per image.
 
     For each image (a Python loop over the batch, as in the authors' code): upsample the coarse forward
     grid to the level's full resolution, then for every quad cell of that grid and every original pixel

@@ -32,7 +32,7 @@ def random_boxes(gen, n, h, w, min_side=4.0, max_side=60.0):
 
 
 def hand_saliency(boxes, h, w, gh=31, gw=51, b=64.0, a=1.0):
-    """ALGORITHM.md section 2 written out with loops, in float64."""
+    """The instance saliency formula (arXiv 2403.12712) written out with loops, in float64."""
     p = min(gh, gw) - 1
     xs = [j * w / (gw - 1) for j in range(gw)]
     ys = [i * h / (gh - 1) for i in range(gh)]
@@ -112,7 +112,7 @@ def test_maps_are_monotone_span_the_image_and_zoom_on_boxes():
 
 
 def test_zoom_range_matches_published_order_of_magnitude():
-    # ALGORITHM.md section 3: 4 small boxes on 600 x 1067 -> zoom about 0.43x-3.5x at FWHM 13
+    # published figures (arXiv 2403.12712 code): 4 small boxes on 600 x 1067 -> zoom about 0.43x-3.5x at FWHM 13
     boxes = torch.tensor([[200.0, 280, 230, 300], [500, 270, 520, 290], [700, 300, 740, 330], [900, 260, 915, 275]])
     sal = instance_saliency([boxes], (600, 1067))
     zy, zx = Warp.from_saliency(sal, 13.0).zoom()

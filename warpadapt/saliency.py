@@ -129,7 +129,7 @@ def instance_marginals(
     bandwidth_scale: float = 64.0,
     amplitude_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Separable factors of the instance saliency (ALGORITHM.md section 2), without the 2-D map.
+    """Separable factors of the instance saliency (see :func:`instance_saliency`), without the 2-D map.
 
     Each box's kernel is separable, so the saliency is ``S = sum_k c_k * outer(gy_k, gx_k) + floor``.
     This returns the pieces from which :func:`instance_saliency` and the map marginals are built.
@@ -189,7 +189,7 @@ def instance_saliency(
     bandwidth_scale: float = 64.0,
     amplitude_scale: float = 1.0,
 ) -> Tensor:
-    """Instance-level KDE saliency from ground-truth boxes (ALGORITHM.md section 2).
+    """Instance-level KDE saliency from ground-truth boxes (Instance-Warp, arXiv 2403.12712).
 
     For box k with width w, height h and centre (cx, cy), at node (x, y):
     ``G_k = exp(-((x - cx)^2 / sx^2 + (y - cy)^2 / sy^2) / 2)`` with ``sx^2 = max(b w, 1)``,

@@ -6,7 +6,9 @@ WARPED image and ``g(u)`` the position in the ORIGINAL image it reads, both as f
 image's extent (0 = left/top edge, 1 = right/bottom edge). Pixel ``c`` of an image of size ``n_px``
 has its centre at ``(c + 0.5) / n_px``; in the ``align_corners=False`` normalised coordinates of
 :func:`torch.nn.functional.grid_sample` a fraction ``u`` is ``2u - 1``. Because the maps are
-functions on fractions, one warp serves every resolution: the image and each feature stride.
+functions on fractions, one warp serves every resolution: the image and each feature stride. A
+feature map is taken to cover the image edge to edge (its pixel c centred at ``(c + 0.5) / n``); for
+image sizes that are not a multiple of the stride this is off by less than half a feature pixel.
 
 The inverse ``h = g^-1`` is exact up to float rounding: ``g`` is piecewise linear and increasing, so
 ``h`` is piecewise linear too and is evaluated with ``searchsorted`` at the pixel centres of whatever
@@ -54,7 +56,7 @@ def attraction_kernel(fwhm: float, padding: int, device=None, dtype=torch.float3
 
 
 def marginal_to_map(marginal: Tensor, fwhm: float = 13.0, padding: int | None = None) -> Tensor:
-    """One axis of the Recasens attraction map (ALGORITHM.md section 3).
+    """One axis of the Recasens attraction map (Recasens et al. 2018, as used by Instance-Warp, arXiv 2403.12712).
 
     The marginal is reflect-padded by P nodes on each side; padded node t sits at
     ``p(t) = (t - P) / (n - 1)``; ``g_i = sum(m p k) / sum(m k)`` over the 2P + 1 nodes around node i,

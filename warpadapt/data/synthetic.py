@@ -410,16 +410,21 @@ def _jitter_style(S: dict, rng: np.random.Generator, j: float) -> dict:
     """Per-scene variation of a style's background colours (exposure, white balance, each colour).
 
     Every colour of the palette is multiplied by a global exposure ``1 +- j``, a per-channel white
-    balance ``1 +- j / 2`` and its own per-channel factor ``1 +- j``: streets, light and cameras vary
-    from scene to scene (object colours are not styled and do not change).
+    balance ``1 +- j / 4`` and its own factor: brightness ``1 +- j`` times a small per-channel tint
+    ``1 +- j / 4`` (greys stay grey-ish: a road is not pink): streets, light and cameras vary from scene
+    to scene (object colours are not styled and do not change).
     """
-    gain = (1 + rng.uniform(-j, j)) * (1 + rng.uniform(-j / 2, j / 2, 3))
+    gain = (1 + rng.uniform(-j, j)) * (1 + rng.uniform(-j / 4, j / 4, 3))
+
+    def vary(c):
+        return np.clip(np.asarray(c) * gain * (1 + rng.uniform(-j, j)) * (1 + rng.uniform(-j / 4, j / 4, 3)), 0, 1).tolist()
+
     out = dict(S)
     for k, v in S.items():
         if isinstance(v, list) and v and isinstance(v[0], list):
-            out[k] = [np.clip(np.asarray(c) * gain * (1 + rng.uniform(-j, j, 3)), 0, 1).tolist() for c in v]
+            out[k] = [vary(c) for c in v]
         elif isinstance(v, list) and len(v) == 3 and not isinstance(v[0], list):
-            out[k] = np.clip(np.asarray(v) * gain * (1 + rng.uniform(-j, j, 3)), 0, 1).tolist()
+            out[k] = vary(v)
     return out
 
 
