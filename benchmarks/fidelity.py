@@ -138,6 +138,20 @@ def make_backbone(seed: int = 0):
     return model.eval()
 
 
+def feature_columns(row: dict, boxes, h: int, bare_feats, e2e, roundtrip) -> dict:
+    """Per-stride columns: end-to-end (``e2e`` vs bare) and pure resampling (``roundtrip(f)`` vs f)."""
+    for s, f, g in zip(STRIDES, bare_feats, e2e):
+        peak = float(f.max() - f.min())
+        fmask = box_mask(boxes, tuple(f.shape[-2:]), scale=h / f.shape[-2])
+        row[f"psnr_e2e_s{s}"] = psnr(g, f, peak)
+        row[f"psnr_e2e_obj_s{s}"] = psnr(g, f, peak, fmask)
+        row[f"rel_e2e_s{s}"] = rel_err(g, f)
+        rs = roundtrip(f)
+        row[f"psnr_rs_s{s}"] = psnr(rs, f, peak)
+        row[f"rel_rs_s{s}"] = rel_err(rs, f)
+    return row
+
+
 def measure(images, boxes, warper: SaliencyWarp, box_arg, backbone, bare_feats, unwarp: FeatureUnwarp) -> dict:
     """All metrics for one warp setting. ``box_arg`` is what the warp sees (empty lists = identity)."""
     b, _, h, w = images.shape
@@ -154,16 +168,7 @@ def measure(images, boxes, warper: SaliencyWarp, box_arg, backbone, bare_feats, 
     }
     with torch.no_grad():
         e2e = unwarp(backbone(warped), warp)
-    for s, f, g in zip(STRIDES, bare_feats, e2e):
-        peak = float(f.max() - f.min())
-        fmask = box_mask(boxes, tuple(f.shape[-2:]), scale=h / f.shape[-2])
-        row[f"psnr_e2e_s{s}"] = psnr(g, f, peak)
-        row[f"psnr_e2e_obj_s{s}"] = psnr(g, f, peak, fmask)
-        row[f"rel_e2e_s{s}"] = rel_err(g, f)
-        rs = warp.unapply(warp.apply(f))
-        row[f"psnr_rs_s{s}"] = psnr(rs, f, peak)
-        row[f"rel_rs_s{s}"] = rel_err(rs, f)
-    return row
+    return feature_columns(row, boxes, h, bare_feats, e2e, lambda f: warp.unapply(warp.apply(f)))
 
 
 def _shift_axes(b: int, size, d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,16 +203,12 @@ def measure_shift(images, boxes, backbone, bare_feats) -> dict:
     }
     with torch.no_grad():
         e2e = [back_fn(g) for g in backbone(shifted)]
-    for s, f, g in zip(STRIDES, bare_feats, e2e):
-        peak = float(f.max() - f.min())
-        fmask = box_mask(boxes, tuple(f.shape[-2:]), scale=h / f.shape[-2])
-        row[f"psnr_e2e_s{s}"] = psnr(g, f, peak)
-        row[f"psnr_e2e_obj_s{s}"] = psnr(g, f, peak, fmask)
-        row[f"rel_e2e_s{s}"] = rel_err(g, f)
+
+    def roundtrip(f):
         fs, fback = there_and_back(f, (0.5 / f.shape[-2], 0.5 / f.shape[-1]))
-        rs = fback(fs)
-        row[f"psnr_rs_s{s}"] = psnr(rs, f, peak)
-        row[f"rel_rs_s{s}"] = rel_err(rs, f)
+        return fback(fs)
+
+    feature_columns(row, boxes, h, bare_feats, e2e, roundtrip)
     return row
 
 

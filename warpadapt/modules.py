@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -76,7 +77,7 @@ class SaliencyWarp(nn.Module):
         ):
             raise ValueError(f"grid_size must be a pair (gh, gw) of ints >= 2, got {grid_size!r}")
         for name, val in (("fwhm", fwhm), ("bandwidth_scale", bandwidth_scale), ("amplitude_scale", amplitude_scale)):
-            if not isinstance(val, (int, float)) or not val > 0 or val == float("inf"):
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
                 raise ValueError(f"{name} must be a positive finite number, got {val!r}")
         if method not in ("grid_sample", "separable"):
             raise ValueError(f"method must be 'grid_sample' or 'separable', got {method!r}")

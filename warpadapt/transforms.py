@@ -45,7 +45,6 @@ Coordinate conventions (as in the rest of warpadapt):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,13 +78,7 @@ def _check_p(p: Any) -> float:
 
 
 def _make_warper(guidance, grid_size, fwhm, bandwidth_scale, amplitude_scale, prior, vanishing_point, geometric_sigma):
-    """Validated :class:`SaliencyWarp` (it raises ValueError naming the bad argument)."""
-    if isinstance(grid_size, (tuple, list)) and len(grid_size) == 2:
-        if not all(isinstance(g, int) and not isinstance(g, bool) for g in grid_size):
-            raise ValueError(f"grid_size must be a pair (gh, gw) of ints >= 2, got {grid_size!r}")
-    for name, val in (("fwhm", fwhm), ("bandwidth_scale", bandwidth_scale), ("amplitude_scale", amplitude_scale)):
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
-            raise ValueError(f"{name} must be a positive finite number, got {val!r}")
+    """A :class:`SaliencyWarp` (its constructor raises ValueError naming any bad argument)."""
     return SaliencyWarp(
         guidance=guidance,
         grid_size=grid_size,
@@ -323,31 +316,26 @@ class RandomSaliencyWarp(K.GeometricAugmentationBase2D):
     def apply_transform_keypoint(self, input: Keypoints, params: _Params, flags: _Flags, transform=None) -> Keypoints:
         return self._map_keypoints(input, params, inverse=False)
 
-    def inverse_boxes(self, input: Boxes, params: _Params, flags: _Flags, transform=None, **kwargs) -> Boxes:
+    def _inverse_labels(self, input, params: _Params, flags: _Flags, mapper, batched_dim: int, **kwargs):
+        """Shared inverse of boxes / keypoints: undo the warp where it was applied (per-sample gate)."""
         params, flags = self._process_kwargs_to_params_and_flags(
             self._params if params is None else params, flags, **kwargs
         )
         to_apply = self._gate(params)
         if not bool(to_apply.any()):
             return input.clone()
-        out = self._map_box_vertices(input, params, inverse=True)
-        if input.data.dim() == 4:
+        out = mapper(input, params, inverse=True)
+        if input.data.dim() == batched_dim:
             out._data = self._blend_by_prob(out.data, input.data, to_apply)
         return out
+
+    def inverse_boxes(self, input: Boxes, params: _Params, flags: _Flags, transform=None, **kwargs) -> Boxes:
+        return self._inverse_labels(input, params, flags, self._map_box_vertices, 4, **kwargs)
 
     def inverse_keypoints(
         self, input: Keypoints, params: _Params, flags: _Flags, transform=None, **kwargs
     ) -> Keypoints:
-        params, flags = self._process_kwargs_to_params_and_flags(
-            self._params if params is None else params, flags, **kwargs
-        )
-        to_apply = self._gate(params)
-        if not bool(to_apply.any()):
-            return input.clone()
-        out = self._map_keypoints(input, params, inverse=True)
-        if input.data.dim() == 3:
-            out._data = self._blend_by_prob(out.data, input.data, to_apply)
-        return out
+        return self._inverse_labels(input, params, flags, self._map_keypoints, 3, **kwargs)
 
 
 def _warps_in(container: torch.nn.Module) -> list[RandomSaliencyWarp]:
