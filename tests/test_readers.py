@@ -216,13 +216,13 @@ def _bdd_tree(tmp_path: Path, split: str = "val", old: bool = False) -> Path:
 def test_bdd_layouts_boxes_and_aliases(tmp_path, old):
     root = _bdd_tree(tmp_path, old=old)
     ds = BDD100KDetection(root, "val", image_size=(64, 36))
-    assert ds.classes == BDD_CLASSES and len(ds) == 3
+    assert ds.classes == list(BDD_CLASSES) and len(ds) == 3
     n1, d1, d2 = ds[0], ds[1], ds[2]
     for s in (n1, d1, d2):
         _check_contract(s, ds.classes)
     # inclusive corner pixels: x2 + 1, y2 + 1; the car box (55..71, 30..41) is clipped to 64 x 36
     assert n1["boxes"].tolist() == [[10, 5, 20, 25], [55, 30, 64, 36]]
-    assert [ds.classes[i - 1] for i in n1["labels"]] == ["pedestrian", "car"]
+    assert [ds.classes[i - 1] for i in n1["labels"]] == ["person", "car"]  # det_20 "pedestrian": canonical "person"
     # one-pixel-wide bicycle kept; the traffic light at x = 70 is outside the 64-wide image
     assert d1["boxes"].tolist() == [[0, 0, 5, 5], [8, 8, 9, 10]]
     assert [ds.classes[i - 1] for i in d1["labels"]] == ["motorcycle", "bicycle"]
@@ -328,7 +328,7 @@ def _city_tree(tmp_path: Path, variant: str = "trainIds", encoding: str = "label
 def test_cityscapes_semantic_instances_boxes(tmp_path, variant):
     root = _city_tree(tmp_path, variant)
     ds = CityscapesSegmentation(root, "val")
-    assert ds.classes == CITYSCAPES_CLASSES and len(ds) == 2
+    assert ds.classes == list(CITYSCAPES_CLASSES) and len(ds) == 2
     s = ds[0]
     _check_contract(s, ds.classes)
     _, train, inst = _cityscapes_maps("label")
@@ -513,7 +513,7 @@ def test_cityscapes_detection_classes_on_synthetic_style_tree(tmp_path):
     _png(root / "gtFine" / "train" / folder / f"{stem}_gtFine_instanceIds.png", inst, np.uint16)
     names = ("person", "rider", "car", "truck", "bicycle", "traffic light", "traffic sign")
     ds = CityscapesSegmentation(root, "train", detection_classes=names)
-    assert ds.classes == list(names) and ds.semantic_classes == CITYSCAPES_CLASSES
+    assert ds.classes == list(names) and ds.semantic_classes == list(CITYSCAPES_CLASSES)
     s = ds[0]
     _check_contract(s, ds.classes)
     boxes, labels = _sorted(s["boxes"].tolist(), s["labels"].tolist())
@@ -523,7 +523,7 @@ def test_cityscapes_detection_classes_on_synthetic_style_tree(tmp_path):
     assert CityscapesSegmentation(root, "train")[0]["labels"].tolist() == [14, 14]
     # BDD spelling accepted; unknown names rejected
     ds = CityscapesSegmentation(root, "train", detection_classes=["pedestrian", "car"])
-    assert ds[0]["labels"].tolist() == [2, 2]
+    assert ds[0]["labels"].tolist() == [2, 2] and ds.classes == ["person", "car"]
     with pytest.raises(ValueError, match="'van' is not a Cityscapes class"):
         CityscapesSegmentation(root, "train", detection_classes=["van"])
 

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .data.labels import CITYSCAPES_THING_TRAIN_IDS
+
 __all__ = [
-    "CITYSCAPES_THING_CLASSES",
     "pad_boxes",
     "instance_saliency",
     "saliency_from_padded",
@@ -29,9 +30,9 @@ __all__ = [
     "uniform_saliency",
 ]
 
-#: Cityscapes train ids of the "thing" classes: person, rider, car, truck, bus, train, motorcycle,
-#: bicycle. GTA-style setups also used traffic light (6) and traffic sign (7).
-CITYSCAPES_THING_CLASSES: tuple[int, ...] = (11, 12, 13, 14, 15, 16, 17, 18)
+# The default "thing" classes (Cityscapes train ids 11-18); the vocabulary and the defaults of other
+# kinds of data live in warpadapt.data.labels (guidance_train_ids). CITYSCAPES_THING_CLASSES is the old name.
+CITYSCAPES_THING_CLASSES = CITYSCAPES_THING_TRAIN_IDS
 
 
 def _check_grid_size(grid_size: Sequence[int]) -> tuple[int, int]:
@@ -272,7 +273,7 @@ def _boxes_from_label_array(lab: np.ndarray, ids: Iterable[int], connectivity: i
 
 def boxes_from_semantic(
     semantic: Tensor | np.ndarray,
-    thing_classes: Iterable[int] = CITYSCAPES_THING_CLASSES,
+    thing_classes: Iterable[int] = CITYSCAPES_THING_TRAIN_IDS,
     connectivity: int = 8,
     min_area: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
@@ -283,7 +284,8 @@ def boxes_from_semantic(
 
     Args:
         semantic: (H, W) integer label map (e.g. Cityscapes train ids; 255 = ignore).
-        thing_classes: the class ids that are objects (default Cityscapes 11-18).
+        thing_classes: the class ids that are objects (default Cityscapes 11-18; other kinds of data:
+            :func:`warpadapt.data.labels.guidance_train_ids`).
         connectivity: 4 or 8 neighbours.
         min_area: smallest kept box area in pixels.
 
@@ -310,7 +312,7 @@ def boxes_from_semantic(
 def boxes_from_instance_map(
     instance: Tensor | np.ndarray,
     label_divisor: int = 1000,
-    thing_classes: Iterable[int] | None = CITYSCAPES_THING_CLASSES,
+    thing_classes: Iterable[int] | None = CITYSCAPES_THING_TRAIN_IDS,
     class_of=None,
 ) -> tuple[Tensor, Tensor]:
     """Tight boxes of every instance in an instance-id map (Cityscapes encoding).

@@ -122,7 +122,7 @@ def preview(out: str, pairs=None, n: int = 2, size=(256, 512), seed_index: int =
     from matplotlib.patches import Rectangle
 
     from warpadapt.data.pairs import list_pairs, render_pair_sample
-    from warpadapt.data.synthetic import DETECTION_CLASSES
+    from warpadapt.data.labels import DETECTION_CLASSES
 
     pairs = list(pairs or list_pairs())
     colors = plt.get_cmap("tab10")

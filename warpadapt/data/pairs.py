@@ -30,9 +30,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from warpadapt.data.effects import apply_effects
-from warpadapt.data.synthetic import (
-    CLASS_TO_TRAIN_ID, DETECTION_CLASSES, SceneParams, generate_scene, scene_rng,
-)
+from warpadapt.data.labels import CLASS_TO_TRAIN_ID, DETECTION_CLASSES
+from warpadapt.data.synthetic import SceneParams, generate_scene, scene_rng
 
 __all__ = ["PAIRS", "get_pair", "list_pairs", "pair_scene_seed", "render_pair_sample",
            "render_item", "SyntheticDrivingDataset", "collate", "DOMAINS", "SPLITS"]

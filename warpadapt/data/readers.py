@@ -37,11 +37,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..saliency import boxes_from_instance_map as _core_instance_boxes
+from .labels import (  # noqa: F401  (CITYSCAPES_THING_TRAIN_IDS, LABEL_ID_TO_TRAIN_ID: the old import path)
+    BDD_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_THING_TRAIN_IDS, LABEL_ID_LUT, LABEL_ID_TO_TRAIN_ID, canonical_class,
+    train_id_of,
+)
 from ..saliency import boxes_from_semantic as _core_semantic_boxes
 
 __all__ = [
     "BDD_CLASSES",
-    "BDD_CATEGORY_ALIASES",
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_THING_TRAIN_IDS",
     "LABEL_ID_TO_TRAIN_ID",
@@ -52,47 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------------------
-# Class tables
-# --------------------------------------------------------------------------------------------------
-
-#: The 19 Cityscapes evaluation classes, indexed by train id (0..18).
-CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-    "bicycle",
-]
-
-#: Train ids of the Cityscapes "thing" classes (person .. bicycle).
-CITYSCAPES_THING_TRAIN_IDS = (11, 12, 13, 14, 15, 16, 17, 18)
-
-#: Cityscapes label id -> train id (the official ``labels.py`` table; 255 = ignored in evaluation).
-LABEL_ID_TO_TRAIN_ID = {
-    0: 255, 1: 255, 2: 255, 3: 255, 4: 255, 5: 255, 6: 255, 7: 0, 8: 1, 9: 255, 10: 255, 11: 2,
-    12: 3, 13: 4, 14: 255, 15: 255, 16: 255, 17: 5, 18: 255, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-    24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 29: 255, 30: 255, 31: 16, 32: 17, 33: 18,
-}
-
-_LABEL_LUT = np.full(256, 255, dtype=np.int64)
-for _lid, _tid in LABEL_ID_TO_TRAIN_ID.items():
-    _LABEL_LUT[_lid] = _tid
-
-#: The 10 BDD100K detection classes (the ``det_20`` names), in the official order.
-BDD_CLASSES = [
-    "pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-    "traffic light", "traffic sign",
-]
-
-#: Category names of the older BDD100K label files mapped to the ``det_20`` names. "person" in the
-#: 2018 release is what ``det_20`` calls "pedestrian" (riders were always a separate class); "motor"
-#: and "bike" are motorcycle and bicycle. Categories not in the reader's ``classes`` after this
-#: mapping ("other person", "other vehicle", "trailer", "drivable area", "lane", ...) are dropped.
-BDD_CATEGORY_ALIASES = {
-    "person": "pedestrian",
-    "motor": "motorcycle",
-    "bike": "bicycle",
-}
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -380,9 +342,11 @@ class BDD100KDetection(_DetectionBase):
         split: ``"train"`` or ``"val"``.
         timeofday, weather, scene: optional filters, a string or a list of accepted values
             (e.g. ``timeofday="night"``, ``weather=["rainy", "snowy"]``).
-        classes: category names, label = position + 1. Older-release names are mapped through
-            :data:`BDD_CATEGORY_ALIASES` ("person" -> "pedestrian", "motor" -> "motorcycle",
-            "bike" -> "bicycle"); other categories are dropped.
+        classes: category names, label = position + 1 (default :data:`~warpadapt.data.labels.BDD_CLASSES`).
+            Names in the file and here are made canonical with
+            :func:`~warpadapt.data.labels.canonical_class` (``det_20`` "pedestrian" -> "person", 2018
+            "motor" -> "motorcycle", "bike" -> "bicycle"), so ``classes`` holds canonical names;
+            other categories are dropped.
         transforms: optional callable ``sample -> sample``.
         image_size: (W, H) used to clip boxes when indexing (all BDD100K images are 1280 x 720);
             boxes are clipped again to the decoded image's real size in ``__getitem__``.
@@ -422,7 +386,7 @@ class BDD100KDetection(_DetectionBase):
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
-        self.classes = list(classes)
+        self.classes = [canonical_class(c) for c in classes]
         candidates = [self.root / "labels" / "det_20" / f"det_{split}.json",
                       self.root / "labels" / f"bdd100k_labels_images_{split}.json"]
         label_file = next((p for p in candidates if p.is_file()), None)
@@ -476,7 +440,7 @@ class BDD100KDetection(_DetectionBase):
                 if box is None:
                     continue
                 total += 1
-                cat = BDD_CATEGORY_ALIASES.get(lab.get("category"), lab.get("category"))
+                cat = canonical_class(lab.get("category"))
                 if cat not in index_of:
                     other += 1
                     continue
@@ -510,13 +474,13 @@ def label_ids_to_train_ids(label_ids: np.ndarray | torch.Tensor):
         [0, 13, 255, 18]
     """
     if isinstance(label_ids, torch.Tensor):
-        lut = torch.from_numpy(_LABEL_LUT).to(label_ids.device)
+        lut = torch.from_numpy(LABEL_ID_LUT.copy()).to(label_ids.device)
         ids = label_ids.long()
         valid = (ids >= 0) & (ids < 256)
         return torch.where(valid, lut[ids.clamp(0, 255)], torch.full_like(ids, 255))
     ids = np.asarray(label_ids).astype(np.int64)
     valid = (ids >= 0) & (ids < 256)
-    return np.where(valid, _LABEL_LUT[np.clip(ids, 0, 255)], 255)
+    return np.where(valid, LABEL_ID_LUT[np.clip(ids, 0, 255)], 255)
 
 
 def _instance_boxes(instance: np.ndarray, thing_classes: Sequence[int], encoding: str) -> tuple[np.ndarray, np.ndarray]:
@@ -584,15 +548,16 @@ class CityscapesSegmentation(Dataset):
         layout: ``"cityscapes"``, ``"acdc"`` or ``"darkzurich"``.
         conditions: ACDC / Dark Zurich condition folders to keep (string or list), or the Cityscapes
             city / synthetic ``<pair>_<domain>`` folders; ``None`` keeps every folder found.
-        thing_classes: train ids whose instances give boxes (default 11..18).
+        thing_classes: train ids whose instances give boxes (default 11..18, the Cityscapes things;
+            :func:`~warpadapt.data.labels.guidance_train_ids` gives the default of each kind of data).
         instance_encoding: what ``id // 1000`` means in instance maps: ``"label"`` (real
             Cityscapes), ``"train"`` (warpadapt synthetic export), ``"auto"`` (default; see
             :func:`boxes_from_instance_map`).
         require_labels: if True (default) a missing label file is an error naming the expected
             path; if False images without labels are returned without ``semantic`` (empty boxes).
         detection_classes: optional list of detection class names (Cityscapes train-id names such
-            as ``"car"``, ``"traffic light"``; ``"pedestrian"``, ``"motor"``, ``"bike"`` are accepted
-            as BDD100K spellings). When given, only these classes give boxes (``thing_classes`` is
+            as ``"car"``, ``"traffic light"``; aliases such as BDD100K's ``"pedestrian"``, ``"motor"``,
+            ``"bike"`` are accepted, :func:`~warpadapt.data.labels.train_id_of`). When given, only these classes give boxes (``thing_classes`` is
             ignored), ``classes`` is this list and ``labels`` index it; e.g. the synthetic export is
             read with ``detection_classes=warpadapt.data.DETECTION_CLASSES`` to get the generator's
             own labels.
@@ -651,14 +616,13 @@ class CityscapesSegmentation(Dataset):
                 raise ValueError(f"thing_classes must be train ids 0..18, got {bad}")
             self._label_lut[list(self.thing_classes)] = np.asarray(self.thing_classes) + 1
         else:
-            self.classes = list(detection_classes)
+            self.classes = [canonical_class(c) for c in detection_classes]
             tids = []
             for name in self.classes:
-                cs_name = {"pedestrian": "person", "motor": "motorcycle", "bike": "bicycle"}.get(name, name)
-                if cs_name not in CITYSCAPES_CLASSES:
-                    raise ValueError(f"detection_classes: {name!r} is not a Cityscapes class; "
-                                     f"expected names among {CITYSCAPES_CLASSES}")
-                tids.append(CITYSCAPES_CLASSES.index(cs_name))
+                try:
+                    tids.append(train_id_of(name))
+                except ValueError as err:
+                    raise ValueError(f"detection_classes: {err}") from None
             if len(set(tids)) != len(tids):
                 raise ValueError(f"detection_classes {self.classes} name a class twice")
             self.thing_classes = tuple(tids)

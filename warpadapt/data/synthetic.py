@@ -43,6 +43,10 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from warpadapt.data.labels import (
+    CITYSCAPES_CLASSES, CLASS_TO_TRAIN_ID, DETECTION_CLASSES, IGNORE_INDEX, SYNTHETIC_THING_TRAIN_IDS,
+)
+
 __all__ = [
     "TRAIN_ID_NAMES",
     "DETECTION_CLASSES",
@@ -56,20 +60,10 @@ __all__ = [
     "scene_rng",
 ]
 
-TRAIN_ID_NAMES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-    "bicycle",
-)
-#: Detection class names (BDD100K spelling); label ``i`` (1-based) is ``DETECTION_CLASSES[i - 1]``.
-DETECTION_CLASSES = ("person", "rider", "car", "truck", "bicycle", "traffic light", "traffic sign")
-#: Detection class name -> Cityscapes train id.
-CLASS_TO_TRAIN_ID = {
-    "person": 11, "rider": 12, "car": 13, "truck": 14, "bicycle": 18,
-    "traffic light": 6, "traffic sign": 7,
-}
-THING_TRAIN_IDS = tuple(sorted(CLASS_TO_TRAIN_ID.values()))
-IGNORE_INDEX = 255
+#: The train-id names (the canonical class names; defined in :mod:`warpadapt.data.labels`).
+TRAIN_ID_NAMES = CITYSCAPES_CLASSES
+#: The generator's objects (instances with boxes; :data:`~warpadapt.data.labels.SYNTHETIC_THING_TRAIN_IDS`).
+THING_TRAIN_IDS = SYNTHETIC_THING_TRAIN_IDS
 SKY_DEPTH = 1000.0
 
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TLIGHT, TSIGN, VEG, TERRAIN, SKY = range(11)
