@@ -87,6 +87,76 @@ def test_state_dict_loads_both_ways_and_nested():
     outer.load_state_dict(outer.state_dict())
 
 
+# ViT-family models that timm builds through FeatureGetterNet: their own keys already start with "model."
+VIT_FAMILY = {
+    "deit": ("deit_tiny_patch16_224", {"img_size": (64, 96), "depth": 2, "embed_dim": 48, "num_heads": 2, "out_indices": (0, 1)}),
+    "levit": ("levit_128s", {"img_size": (64, 96), "depth": (1, 1, 1), "embed_dim": (32, 48, 64), "num_heads": (2, 2, 2)}),
+    "twins": ("twins_svt_small", {"img_size": (64, 96), "embed_dims": (16, 32, 64, 128), "num_heads": (1, 2, 2, 4), "depths": (1, 1, 1, 1), "wss": (4, 4, 4, 4)}),
+    "hiera": ("hiera_tiny_224", {"img_size": (64, 96), "embed_dim": 24, "num_heads": 1, "stages": (1, 1, 1, 1)}),
+    "eva": ("eva02_tiny_patch14_224", {"img_size": (56, 84), "depth": 2, "out_indices": (0, 1)}),
+}
+
+
+def make_any(name, seed):
+    torch.manual_seed(seed)
+    if name in FAMILIES:
+        arch, kwargs, _ = FAMILIES[name]
+    else:
+        arch, kwargs = VIT_FAMILY[name]
+    return timm.create_model(arch, pretrained=False, features_only=True, **kwargs)
+
+
+def assert_same_state(a, b):
+    assert list(a) == list(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("name", list(FAMILIES) + list(VIT_FAMILY))
+def test_state_dict_round_trip_every_format(name):
+    src = make_any(name, 0)
+    ref = {k: v.clone() for k, v in src.state_dict().items()}
+    wrapped = wrap(src)
+    assert list(wrapped.state_dict()) == list(ref)
+    # the freshly built targets differ from the source, so a load that silently loads nothing fails below
+    assert any(not torch.equal(v, ref[k]) for k, v in make_any(name, 1).state_dict().items())
+    for strict in (True, False):
+        # wrapped <- own, wrapped <- bare, bare <- wrapped
+        for source in (wrapped.state_dict(), src.state_dict()):
+            target = wrap(make_any(name, 1))
+            res = target.load_state_dict(source, strict=strict)
+            assert not res.missing_keys and not res.unexpected_keys
+            assert_same_state(target.state_dict(), ref)
+        bare = make_any(name, 1)
+        res = bare.load_state_dict(wrapped.state_dict(), strict=strict)
+        assert not res.missing_keys and not res.unexpected_keys
+        assert_same_state(bare.state_dict(), ref)
+        # nested inside another module, from a nested wrapped model and from nested bare keys
+        for source in (nn.ModuleDict({"backbone": wrapped}).state_dict(), {"backbone." + k: v for k, v in ref.items()}):
+            outer = nn.ModuleDict({"backbone": wrap(make_any(name, 1)), "head": nn.Linear(2, 2)})
+            res = outer.load_state_dict({**source, **{"head." + k: v for k, v in outer.head.state_dict().items()}}, strict=strict)
+            assert not res.missing_keys and not res.unexpected_keys
+            assert_same_state(outer.backbone.state_dict(), ref)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "deit"])
+def test_state_dict_wrapped_form_keys_and_errors_name_bare_keys(name):
+    src = make_any(name, 0)
+    ref = src.state_dict()
+    # keys in the wrapped module's own form ("model." + bare key) load too
+    target = wrap(make_any(name, 1))
+    target.load_state_dict({"model." + k: v for k, v in ref.items()})
+    assert_same_state(target.state_dict(), ref)
+    # missing / unexpected keys are reported under the names the user gave
+    first = next(iter(ref))
+    broken = {k: v for k, v in ref.items() if k != first}
+    broken["not_a_key"] = torch.zeros(1)
+    res = wrap(make_any(name, 1)).load_state_dict(broken, strict=False)
+    assert res.missing_keys == [first] and res.unexpected_keys == ["not_a_key"]
+    with pytest.raises(RuntimeError, match=f'Missing key\\(s\\) in state_dict: "{first}"'):
+        wrap(make_any(name, 1)).load_state_dict(broken)
+
+
 def test_empty_boxes_train_matches_bare_forward():
     model, (h, w) = make("resnet18")
     wrapped = wrap(model).train()

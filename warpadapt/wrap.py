@@ -55,6 +55,7 @@ class WarpedBackbone(nn.Module):
         self.unwarp = FeatureUnwarp(_layout_of(model) if mode == "features" else "NCHW", method)
         self.register_state_dict_post_hook(_strip_prefix)
         self.register_load_state_dict_pre_hook(_add_prefix)
+        self.register_load_state_dict_post_hook(_report_bare_keys)
 
     # timm-style introspection passes through
     @property
@@ -122,16 +123,63 @@ class WarpedBackbone(nn.Module):
         return unwarp(final, w), unwarp(inter, w)
 
 
+def _rename(mapping: dict, renames: dict) -> None:
+    """Rename keys of ``mapping`` in one step (so a new name may equal another key's old name)."""
+    values = {old: mapping.pop(old) for old in renames}
+    for old, new in renames.items():
+        mapping[new] = values[old]
+
+
 def _strip_prefix(module, state_dict, prefix, local_metadata) -> None:
+    """state_dict post-hook: ``<prefix>model.<key>`` -> ``<prefix><key>`` (exactly one level: a model whose
+    own keys start with ``model.``, e.g. timm's ``FeatureGetterNet``, keeps its own ``model.``)."""
     inner = prefix + _PREFIX
-    for key in [k for k in state_dict if k.startswith(inner)]:
-        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+    _rename(state_dict, {k: prefix + k[len(inner):] for k in state_dict if k.startswith(inner)})
+    meta = getattr(state_dict, "_metadata", None)
+    if meta is not None:  # module versions follow their keys (the wrapper's own entry is replaced)
+        renames = {k: prefix + k[len(inner):] for k in meta if k.startswith(inner)}
+        if prefix + "model" in meta:
+            renames[prefix + "model"] = prefix[:-1]
+        _rename(meta, renames)
 
 
 def _add_prefix(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+    """load_state_dict pre-hook: accept the bare model's keys (what ``state_dict()`` returns) and the wrapped
+    module's own keys (``model.`` + bare key, e.g. saved with ``nn.Module.state_dict`` hooks bypassed).
+
+    A key is read as bare when it is one of the model's keys, as already wrapped when it is ``model.`` plus
+    one of them, and as bare otherwise (then it is reported unexpected under the name it was given). The
+    model's own keys decide, so models whose keys already start with ``model.`` load correctly.
+    """
     inner = prefix + _PREFIX
-    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
-        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+    own = set(module.model.state_dict(keep_vars=True))
+    renames = {}
+    for key in state_dict:
+        if not key.startswith(prefix):
+            continue
+        rel = key[len(prefix):]
+        if rel not in own and rel.startswith(_PREFIX) and rel[len(_PREFIX):] in own:
+            continue  # already in the wrapped form
+        renames[key] = inner + rel
+    _rename(state_dict, renames)
+    meta = getattr(state_dict, "_metadata", None)
+    if meta is not None and renames:  # bare keys come with bare module versions: copy them to the model's paths
+        moved = {}
+        for k, v in meta.items():
+            if k == prefix[:-1]:
+                moved[inner[:-1]] = v
+            elif k.startswith(prefix):
+                moved[inner + k[len(prefix):]] = v
+        meta.update(moved)
+    module._load_prefix = prefix
+
+
+def _report_bare_keys(module, incompatible_keys) -> None:
+    """load_state_dict post-hook: report missing / unexpected keys under their bare names."""
+    prefix = getattr(module, "_load_prefix", "")
+    inner = prefix + _PREFIX
+    for keys in (incompatible_keys.missing_keys, incompatible_keys.unexpected_keys):
+        keys[:] = [prefix + k[len(inner):] if k.startswith(inner) else k for k in keys]
 
 
 def wrap(model: nn.Module, guidance: str = "instance", *, mode: str = "auto", method: str = "grid_sample", **warp_options) -> WarpedBackbone:
