@@ -1,0 +1,3 @@
+"""Models over wrapped timm backbones: a segmenter (all-MLP head) and a detector."""
+
+from .segmenter import AllMLPHead, Segmenter, build_backbone  # noqa: F401

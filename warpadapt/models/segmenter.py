@@ -1,0 +1,220 @@
+"""A semantic segmenter: ``warpadapt.wrap`` over any timm ``features_only`` backbone + an all-MLP head.
+
+The head is the SegFormer / DAFormer "all-MLP" decoder: every backbone level gets its own linear
+projection (a 1x1 convolution) to ``embed_dim`` channels, is upsampled bilinearly to stride 4 of the
+input, the levels are concatenated and fused (1x1 convolution, BatchNorm, ReLU), then classified
+(dropout, 1x1 convolution). The logits are upsampled to the input size.
+
+The backbone is wrapped (:func:`warpadapt.wrap`): in training with ``boxes`` the image is warped,
+the backbone runs on the warped image and EVERY level is unwarped before the head sees it; in eval
+mode, or with ``boxes=None``, it is exactly the bare backbone (nothing is warped).
+
+Backbones: any timm model that supports ``features_only=True``: hierarchical transformers
+(``pvt_v2_b0``, the MiT-B0 design of SegFormer / DAFormer, the default), CNNs (ResNet, ConvNeXt, ...)
+and plain ViTs. Levels finer than stride 4 (the ResNet stem at stride 2) are left out by default. A
+plain ViT has a single stride (16): its last blocks are the "levels", all at stride 16, and the head
+upsamples them to stride 4 like any other level; ViTs are built with ``dynamic_img_size=True`` so
+any image size that is a multiple of the patch size works.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..wrap import WarpedBackbone, wrap
+
+__all__ = ["AllMLPHead", "Segmenter", "build_backbone", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_backbone(
+    name: str = "pvt_v2_b0",
+    out_indices: Sequence[int] | None = None,
+    pretrained_file: str | None = None,
+    min_reduction: int = 4,
+) -> nn.Module:
+    """A timm ``features_only`` backbone, random init or weights from a local file (nothing downloads).
+
+    Args:
+        name: a timm model name (``timm.list_models()``).
+        out_indices: feature levels to return; None = every level whose stride is at least
+            ``min_reduction`` (pvt_v2 / ConvNeXt: strides 4-32; ResNet: 4-32, the stride-2 stem left
+            out; ViT: timm's default, its last 3 blocks at stride 16).
+        pretrained_file: path of a local timm checkpoint (``pretrained_cfg_overlay=dict(file=...)``).
+        min_reduction: smallest stride kept when ``out_indices`` is None.
+
+    Returns:
+        the timm model (``feature_info`` lists the channels and strides of the returned levels).
+
+    Example:
+        >>> bb = build_backbone("resnet18")
+        >>> bb.feature_info.reduction(), bb.feature_info.channels()
+        ([4, 8, 16, 32], [64, 128, 256, 512])
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a timm model name (str), got {name!r}")
+    if name not in timm.list_models():
+        raise ValueError(f"name: unknown timm model {name!r} (see timm.list_models())")
+    if pretrained_file is not None and not _is_file(pretrained_file):
+        raise FileNotFoundError(f"pretrained_file not found: {pretrained_file}")
+    kwargs: dict = dict(features_only=True)
+    if pretrained_file:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained_file)))
+    else:
+        kwargs.update(pretrained=False)
+    if out_indices is not None:
+        kwargs["out_indices"] = tuple(int(i) for i in out_indices)
+    try:  # plain ViTs need dynamic_img_size for images other than 224 x 224; CNNs reject the argument
+        model = timm.create_model(name, dynamic_img_size=True, **kwargs)
+    except TypeError as err:
+        if "dynamic_img_size" not in str(err):
+            raise
+        model = timm.create_model(name, **kwargs)
+    if out_indices is None:
+        red = model.feature_info.reduction()
+        keep = [i for i, r in zip(model.feature_info.out_indices, red) if r >= min_reduction]
+        if not keep:
+            raise ValueError(f"{name}: no feature level with stride >= {min_reduction} (strides {red})")
+        if len(keep) < len(red):  # rebuild without the fine levels (the stem is computed anyway)
+            return build_backbone(name, keep, pretrained_file)
+    return model
+
+
+def _is_file(path) -> bool:
+    from pathlib import Path
+
+    return Path(path).is_file()
+
+
+class AllMLPHead(nn.Module):
+    """SegFormer / DAFormer all-MLP decoder: per-level projection, upsample to stride 4, fuse, classify.
+
+    Args:
+        in_channels: channels of each level (``feature_info.channels()``).
+        num_classes: K output classes.
+        embed_dim: channels of every projected level and of the fused map (SegFormer-B0: 256).
+        dropout: dropout before the classifier (SegFormer: 0.1).
+
+    Shape:
+        - features: list of L tensors (B, C_l, h_l, w_l), any strides.
+        - size: (h, w) the fused map is computed at (stride 4 of the input).
+        - output: (B, K, h, w) logits.
+
+    Example:
+        >>> head = AllMLPHead([8, 16], num_classes=5, embed_dim=12)
+        >>> head([torch.rand(2, 8, 16, 32), torch.rand(2, 16, 8, 16)], (16, 32)).shape
+        torch.Size([2, 5, 16, 32])
+    """
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, embed_dim: int = 256, dropout: float = 0.1):
+        super().__init__()
+        if len(in_channels) == 0:
+            raise ValueError("in_channels must list at least one level")
+        if int(num_classes) < 1 or int(embed_dim) < 1:
+            raise ValueError(f"num_classes and embed_dim must be >= 1, got {num_classes}, {embed_dim}")
+        self.proj = nn.ModuleList(nn.Conv2d(int(c), embed_dim, 1) for c in in_channels)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(embed_dim * len(in_channels), embed_dim, 1, bias=False),
+            nn.BatchNorm2d(embed_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(embed_dim, int(num_classes), 1)
+
+    def forward(self, features: Sequence[Tensor], size: Sequence[int]) -> Tensor:
+        if len(features) != len(self.proj):
+            raise ValueError(f"features: expected {len(self.proj)} levels, got {len(features)}")
+        size = tuple(int(s) for s in size)
+        ups = [
+            F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else p(f)
+            for p, f in zip(self.proj, features)
+        ]
+        return self.classifier(self.dropout(self.fuse(torch.cat(ups, dim=1))))
+
+
+class Segmenter(nn.Module):
+    """Semantic segmentation over a wrapped timm backbone: ``forward(images, boxes=None) -> logits``.
+
+    Args:
+        backbone: a timm model name (built by :func:`build_backbone`) or a timm ``features_only``
+            model.
+        num_classes: K (Cityscapes train ids: 19).
+        out_indices: feature levels (None: strides >= 4, see :func:`build_backbone`).
+        pretrained_file: local timm checkpoint for the backbone (None: random init).
+        embed_dim, dropout: of the :class:`AllMLPHead`.
+        guidance: warp guidance, "instance", "static", "geometric" or "none" (see :func:`warpadapt.wrap`).
+        **warp_options: passed to :func:`warpadapt.wrap` (fwhm, grid_size, prior, ...).
+
+    ``forward(images, boxes=None)``:
+        images: (B, 3, H, W) RGB in [0, 1] (normalised inside with the ImageNet mean / std).
+        boxes: list of B tensors (N_i, 4) xyxy pixels; in training mode they warp the backbone's input
+            (features are unwarped before the head). None, or eval mode: no warp.
+        returns logits (B, K, H, W) at the input size (bilinear from stride 4).
+
+    ``param_groups(lr, head_lr_mult)`` splits backbone and head parameters for the optimiser.
+
+    Example:
+        >>> net = Segmenter("resnet18", num_classes=4, embed_dim=16).train()
+        >>> x = torch.rand(2, 3, 64, 96)
+        >>> net(x, boxes=[torch.tensor([[10., 20., 30., 40.]]), torch.zeros(0, 4)]).shape
+        torch.Size([2, 4, 64, 96])
+        >>> net.eval()(x).shape
+        torch.Size([2, 4, 64, 96])
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "pvt_v2_b0",
+        num_classes: int = 19,
+        out_indices: Sequence[int] | None = None,
+        pretrained_file: str | None = None,
+        embed_dim: int = 256,
+        dropout: float = 0.1,
+        guidance: str = "instance",
+        **warp_options,
+    ) -> None:
+        super().__init__()
+        if isinstance(backbone, str):
+            model = build_backbone(backbone, out_indices, pretrained_file)
+        elif isinstance(backbone, nn.Module):
+            model = backbone
+        else:
+            raise TypeError(f"backbone must be a timm model name or an nn.Module, got {type(backbone).__name__}")
+        self.backbone: WarpedBackbone = wrap(model, guidance, **warp_options)
+        self.num_classes = int(num_classes)
+        self.head = AllMLPHead(model.feature_info.channels(), self.num_classes, embed_dim, dropout)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> ImageNet-normalised (what the backbone receives when not warped)."""
+        return (images - self.mean) / self.std
+
+    def forward(self, images: Tensor, boxes=None) -> Tensor:
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+        h, w = images.shape[-2:]
+        feats = self.backbone(self.normalize(images), boxes=boxes)  # warped + unwarped in training with boxes
+        logits = self.head(feats, (math.ceil(h / 4), math.ceil(w / 4)))
+        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+
+    def param_groups(self, lr: float, head_lr_mult: float = 10.0, weight_decay: float = 0.01) -> list[dict]:
+        """Optimiser parameter groups: backbone at ``lr``, head at ``lr * head_lr_mult`` (DAFormer: x10).
+
+        Example:
+            >>> groups = Segmenter("resnet18", num_classes=3, embed_dim=8).param_groups(1e-3)
+            >>> [g["lr"] for g in groups]
+            [0.001, 0.01]
+        """
+        return [
+            dict(params=list(self.backbone.parameters()), lr=lr, weight_decay=weight_decay),
+            dict(params=list(self.head.parameters()), lr=lr * head_lr_mult, weight_decay=weight_decay),
+        ]
