@@ -1,0 +1,279 @@
+"""Faster R-CNN + FPN over any timm backbone wrapped with :func:`warpadapt.wrap` (glue only).
+
+Everything that detects is torchvision's: ``GeneralizedRCNNTransform`` (resize, normalise, pad),
+``FeaturePyramidNetwork``, ``RegionProposalNetwork`` with its ``AnchorGenerator`` and ``RPNHead``,
+``RoIHeads`` (proposal sampling, ``MultiScaleRoIAlign``, ``TwoMLPHead``, ``FastRCNNPredictor``,
+``fastrcnn_loss``, post-processing). This file only connects them to a timm feature extractor and
+decides WHERE the warp happens:
+
+* the boxes that guide the warp are the ground-truth boxes AFTER the transform, i.e. in pixels of
+  the batched tensor the backbone actually sees (resized, normalised, padded);
+* with ``warp=True`` every FPN input level is computed from the warped image and unwarped before
+  the FPN, the RPN and the RoI heads (so anchors, targets and losses stay in the original geometry);
+* nothing is warped unless the caller says so (``warp=False`` is the default, and eval mode never
+  warps): the recipe warps only the labelled source forward.
+
+Plain ViTs (every feature level at one stride) get a ViTDet-style simple pyramid (deconvolutions
+up, max-pooling down, from the last map) in front of the FPN; it runs between the warp and the
+unwarp, so every FPN input level is unwarped at its own resolution. Anchor sizes follow the levels
+used: ``anchor_scale * stride`` per level (torchvision's ResNet-50 FPN: 8 x (4, 8, 16, 32, 64)).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import NamedTuple
+
+import timm
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ..wrap import WarpedBackbone, wrap
+
+__all__ = ["Detector", "DetectorOutput", "TimmFPN", "SimplePyramid", "create_timm_features"]
+
+
+def create_timm_features(name: str, out_indices=None, pretrained_file: str | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model(name, features_only=True)`` that never downloads.
+
+    Args:
+        name: any timm model name.
+        out_indices: feature levels (timm's ``out_indices``); None = timm's default.
+        pretrained_file: optional local weights file (timm ``pretrained_cfg_overlay=dict(file=...)``).
+        kwargs: passed to ``timm.create_model``.
+
+    Plain ViTs are built with ``dynamic_img_size=True`` so any padded batch size works.
+
+    Example:
+        >>> create_timm_features("resnet18", out_indices=(2, 3)).feature_info.reduction()
+        [8, 16]
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected a timm model name, got {name!r}")
+    if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+        raise ValueError(f"model.backbone: unknown timm model {name!r} (see timm.list_models())")
+    kw = dict(kwargs, features_only=True, pretrained=pretrained_file is not None)
+    if pretrained_file is not None:
+        kw["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
+    if out_indices is not None:
+        kw["out_indices"] = tuple(int(i) for i in out_indices)
+    model = timm.create_model(name, **kw)
+    if len(set(model.feature_info.reduction())) == 1 and "dynamic_img_size" not in kw:
+        try:  # a plain ViT: rebuild so positional embeddings follow the padded input size
+            model = timm.create_model(name, dynamic_img_size=True, **kw)
+        except TypeError:
+            pass
+    return model
+
+
+class SimplePyramid(nn.Module):
+    """ViTDet-style pyramid from one map of stride ``s``: levels at strides s/4, s/2, s, 2s.
+
+    Example:
+        >>> p = SimplePyramid(192)
+        >>> [tuple(t.shape) for t in p([torch.rand(1, 192, 4, 8)])]
+        [(1, 48, 16, 32), (1, 96, 8, 16), (1, 192, 4, 8), (1, 192, 2, 4)]
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c = int(channels)
+        self.up4 = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 2, 2), nn.GroupNorm(1, c // 2), nn.GELU(),
+                                 nn.ConvTranspose2d(c // 2, c // 4, 2, 2))
+        self.up2 = nn.ConvTranspose2d(c, c // 2, 2, 2)
+        self.down2 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.channels = [c // 4, c // 2, c, c]
+        self.scales = [0.25, 0.5, 1.0, 2.0]
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        x = feats[-1]
+        return [self.up4(x), self.up2(x), x, self.down2(x)]
+
+
+class TimmFPN(nn.Module):
+    """timm features (wrapped: warp in, unwarp out) -> optional simple pyramid -> torchvision FPN.
+
+    Args:
+        body: a :class:`~warpadapt.WarpedBackbone` over a timm ``features_only`` model.
+        out_channels: FPN channels.
+
+    ``forward(x, boxes=None, warp=False)`` returns an ``OrderedDict`` ``"0", "1", ..., "pool"`` of
+    (B, out_channels, H / stride, W / stride) maps; ``strides`` lists each level's stride.
+
+    Example:
+        >>> body = wrap(create_timm_features("resnet18", out_indices=(2, 3)))
+        >>> fpn = TimmFPN(body, 32)
+        >>> feats = fpn.train()(torch.rand(2, 3, 64, 96), [torch.tensor([[8., 8., 20., 30.]])] * 2, warp=True)
+        >>> list(feats), fpn.strides, tuple(feats["0"].shape)
+        (['0', '1', 'pool'], [8, 16, 32], (2, 32, 8, 12))
+    """
+
+    def __init__(self, body: WarpedBackbone, out_channels: int = 256) -> None:
+        super().__init__()
+        if not isinstance(body, WarpedBackbone):
+            raise TypeError(f"body must be a warpadapt.WarpedBackbone (use warpadapt.wrap), got {type(body).__name__}")
+        self.body = body
+        channels = list(body.feature_info.channels())
+        strides = list(body.feature_info.reduction())
+        self.nhwc = str(getattr(getattr(body.model, "output_fmt", ""), "value", getattr(body.model, "output_fmt", ""))).upper() == "NHWC"
+        self.pyramid = None
+        if len(set(strides)) == 1:  # plain ViT: build the levels from the last map
+            self.pyramid = SimplePyramid(channels[-1])
+            strides = [max(1, int(strides[-1] * s)) for s in self.pyramid.scales]
+            channels = self.pyramid.channels
+        self.fpn = FeaturePyramidNetwork(channels, int(out_channels), extra_blocks=LastLevelMaxPool())
+        self.out_channels = int(out_channels)
+        self.strides = strides + [2 * strides[-1]]  # the pool level
+
+    def forward(self, x: Tensor, boxes: list[Tensor] | None = None, warp: bool = False) -> "OrderedDict[str, Tensor]":
+        do_warp = bool(warp) and boxes is not None and self.body.warper.guidance != "none"
+        if self.pyramid is None:
+            feats = self.body(x, boxes, warp=do_warp)  # warp -> timm -> unwarp every level
+            if self.nhwc:
+                feats = [f.permute(0, 3, 1, 2) for f in feats]
+        else:  # warp -> ViT -> pyramid -> unwarp each level at its own resolution
+            w = None
+            if do_warp:
+                x, w = self.body.make_warp(x, boxes)
+            feats = self.body.model(x)
+            if self.nhwc:
+                feats = [f.permute(0, 3, 1, 2) for f in feats]
+            feats = self.pyramid(feats)
+            if w is not None:
+                feats = self.body.unwarp(feats, w) if not self.nhwc else [self.body.unwarp.__class__("NCHW", self.body.unwarp.method)(f, w) for f in feats]
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+class DetectorOutput(NamedTuple):
+    """What a training forward returns (see :meth:`Detector.forward`).
+
+    losses: dict ``loss_objectness``, ``loss_rpn_box_reg`` and, with ``roi_loss=True``,
+    ``loss_classifier``, ``loss_box_reg``; proposals: list of B (P_i, 4) sampled proposals (the RPN's
+    proposals with the targets' boxes appended, then sampled by the RoI heads) in ``images``
+    coordinates; labels: list of B (P_i,) matched labels (0 = background); class_logits:
+    (sum P_i, K + 1); images: the transformed :class:`ImageList` (what the backbone saw, unwarped).
+    """
+
+    losses: dict
+    proposals: list
+    labels: list
+    class_logits: Tensor
+    images: ImageList
+
+
+class Detector(FasterRCNN):
+    """torchvision Faster R-CNN with an FPN over ``warpadapt.wrap(timm.create_model(backbone, features_only=True))``.
+
+    Args:
+        backbone: any timm model name (ResNets, ConvNeXt, PVT-v2, Swin, plain ViTs ...).
+        num_classes: torchvision convention: foreground classes + 1 (background = label 0).
+        out_indices: timm feature levels to use (None: timm's default).
+        pretrained_file: local timm weights (nothing downloads; None = random init).
+        guidance, warp_options: the warp (``warpadapt.wrap``: "instance", "static" (``prior=``),
+            "geometric", "none"; ``fwhm``, ``bandwidth_scale``, ``amplitude_scale`` ...).
+        fpn_channels: FPN width. anchor_scale: anchor side = anchor_scale x level stride.
+        aspect_ratios: anchor aspect ratios (h / w), the same at every level.
+        min_size, max_size: torchvision's resize (the shorter side to ``min_size``).
+        representation_size: width of the two-layer RoI box head.
+        timm_kwargs: extra ``timm.create_model`` arguments.
+        **kwargs: any other ``torchvision.models.detection.FasterRCNN`` argument
+            (``rpn_batch_size_per_image``, ``box_batch_size_per_image``, ``rpn_post_nms_top_n_train`` ...).
+
+    Forward:
+        eval mode: ``model(images)`` -> list of ``{"boxes", "scores", "labels"}`` in input pixels
+        (never warped). Training mode: ``model(images, targets, warp=..., roi_loss=...)`` ->
+        :class:`DetectorOutput`; ``warp=True`` warps with the transformed targets' boxes (the only
+        warped forward); ``roi_loss=False`` skips the RoI losses (targets = pseudo-labels: they train
+        the RPN and join the proposals; use only ``loss_objectness``, i.e. box regression weight 0).
+        :meth:`rescore` runs this model's RoI box head on given proposals over its own features.
+
+    Example:
+        >>> det = Detector("resnet18", num_classes=3, out_indices=(2, 3), fpn_channels=32, min_size=64,
+        ...                max_size=128, representation_size=64)
+        >>> imgs = torch.rand(2, 3, 64, 128)
+        >>> tgts = [{"boxes": torch.tensor([[10., 10., 30., 40.]]), "labels": torch.tensor([1])}] * 2
+        >>> out = det.train()(imgs, tgts, warp=True)
+        >>> sorted(out.losses), out.class_logits.shape[1]
+        (['loss_box_reg', 'loss_classifier', 'loss_objectness', 'loss_rpn_box_reg'], 3)
+        >>> logits = det.rescore(out.images, out.proposals)
+        >>> logits.shape == out.class_logits.shape
+        True
+        >>> sorted(det.eval()(imgs)[0])
+        ['boxes', 'labels', 'scores']
+    """
+
+    def __init__(self, backbone: str = "resnet18", num_classes: int = 8, *, out_indices=None,
+                 pretrained_file: str | None = None, guidance: str = "instance", warp_options: dict | None = None,
+                 fpn_channels: int = 256, anchor_scale: float = 8.0, aspect_ratios=(0.5, 1.0, 2.0),
+                 min_size: int = 800, max_size: int = 1333, representation_size: int = 1024,
+                 timm_kwargs: dict | None = None, **kwargs) -> None:
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes: expected an int >= 2 (foreground classes + background), got {num_classes!r}")
+        if not anchor_scale > 0:
+            raise ValueError(f"anchor_scale: expected a positive number, got {anchor_scale!r}")
+        body = wrap(create_timm_features(backbone, out_indices, pretrained_file, **(timm_kwargs or {})),
+                    guidance, **(warp_options or {}))
+        neck = TimmFPN(body, fpn_channels)
+        levels = [str(i) for i in range(len(neck.strides) - 1)]
+        anchors = AnchorGenerator(tuple((float(anchor_scale * s),) for s in neck.strides),
+                                  (tuple(float(a) for a in aspect_ratios),) * len(neck.strides))
+        pool = MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2)
+        head = TwoMLPHead(fpn_channels * 7 * 7, int(representation_size))
+        super().__init__(neck, num_classes=None, min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors,
+                         box_roi_pool=pool, box_head=head,
+                         box_predictor=FastRCNNPredictor(int(representation_size), num_classes), **kwargs)
+        self.num_classes = num_classes
+
+    @property
+    def strides(self) -> list[int]:
+        """Stride of every FPN level (the anchors follow them)."""
+        return self.backbone.strides
+
+    def features(self, images: ImageList, targets=None, warp: bool = False) -> "OrderedDict[str, Tensor]":
+        """FPN features of transformed images; ``warp=True`` warps with the targets' boxes (training only)."""
+        boxes = [t["boxes"] for t in targets] if (warp and targets is not None) else None
+        return self.backbone(images.tensors, boxes, warp=warp and self.training)
+
+    def forward(self, images, targets=None, *, warp: bool = False, roi_loss: bool = True):
+        if not self.training:
+            if warp:
+                raise ValueError("warp: evaluation never warps (warp=True needs training mode)")
+            return self.detect(images)
+        if targets is None:
+            raise ValueError("targets: training mode needs a list of {'boxes', 'labels'} (one per image)")
+        images, targets = self.transform(list(images), [dict(t) for t in targets])
+        feats = self.features(images, targets, warp=warp)
+        proposals, losses = self.rpn(images, feats, targets)
+        # The RoI heads append the targets' boxes to the proposals, then sample positives/negatives.
+        proposals, _, labels, reg_targets = self.roi_heads.select_training_samples(proposals, targets)
+        box_feats = self.roi_heads.box_head(self.roi_heads.box_roi_pool(feats, proposals, images.image_sizes))
+        class_logits, box_regression = self.roi_heads.box_predictor(box_feats)
+        if roi_loss:
+            loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, reg_targets)
+            losses = dict(losses, loss_classifier=loss_cls, loss_box_reg=loss_box)
+        else:  # keep every parameter in the graph (DDP), contributing nothing
+            losses = dict(losses, loss_unused=0.0 * box_regression.sum())
+        return DetectorOutput(losses, proposals, labels, class_logits, images)
+
+    @torch.no_grad()
+    def detect(self, images) -> list[dict]:
+        """Detections (eval path, no warp) in the input images' pixels."""
+        sizes = [tuple(img.shape[-2:]) for img in images]
+        il, _ = self.transform(list(images))
+        feats = self.backbone(il.tensors)
+        proposals, _ = self.rpn(il, feats)
+        dets, _ = self.roi_heads(feats, proposals, il.image_sizes)
+        return self.transform.postprocess(dets, il.image_sizes, sizes)
+
+    def rescore(self, images: ImageList, proposals: list[Tensor]) -> Tensor:
+        """Class logits (sum P_i, K + 1) of this model's RoI box head for ``proposals`` over its own
+        (never warped) features of ``images`` (an :class:`ImageList` from a training forward)."""
+        feats = self.backbone(images.tensors)
+        box_feats = self.roi_heads.box_head(self.roi_heads.box_roi_pool(feats, proposals, images.image_sizes))
+        return self.roi_heads.box_predictor(box_feats)[0]
