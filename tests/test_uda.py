@@ -1,0 +1,265 @@
+"""Shared recipe core (warpadapt.uda): configs, checkpoints, EMA, sampler, logger, evaluation."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from warpadapt.uda.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from warpadapt.uda.config import check_choice, check_range, load_config, merge_overrides
+from warpadapt.uda.data import InfiniteSampler, infinite_loader
+from warpadapt.uda.dist import DistInfo
+from warpadapt.uda.ema import EMATeacher, dacs_keep_rate
+from warpadapt.uda.evaluate import evaluate_segmentation
+from warpadapt.uda.logger import MetricsLogger, read_jsonl
+
+
+# ---------------------------------------------------------------- config
+@pytest.fixture
+def cfg_dir(tmp_path):
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "base.yaml").write_text(textwrap.dedent("""\
+        train: {iters: 10, lr: 0.01, amp: false, image_size: [64, 128]}
+        model: {backbone: resnet18, pretrained_file: null}
+        effects: {}
+        """))
+    (tmp_path / "rec" / "pair.yaml").write_text("_base_: base.yaml\ntrain: {iters: 20}\n")
+    return tmp_path
+
+
+def test_config_base_and_overrides(cfg_dir):
+    cfg = load_config("rec", ["--config", "pair", "train.lr=1", "model.pretrained_file=/w.pth",
+                              "train.image_size=[32,64]", "effects.fog.beta=0.1"],
+                      default="base", config_dir=cfg_dir)
+    assert cfg.train.iters == 20 and cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.model.pretrained_file == "/w.pth" and list(cfg.train.image_size) == [32, 64]
+    assert cfg.effects.fog.beta == 0.1
+    with pytest.raises(Exception):  # read-only and struct
+        cfg.train.iters = 3
+    with pytest.raises(Exception):
+        cfg.train.nope
+
+
+def test_config_by_path_and_default(cfg_dir):
+    assert load_config("rec", [], default="base", config_dir=cfg_dir).train.iters == 10
+    path = str(cfg_dir / "rec" / "pair.yaml")
+    assert load_config("rec", [f"--config={path}"], config_dir=cfg_dir).train.iters == 20
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.iterz=5", "train.iterz"), ("trian.iters=5", "trian.iters"),
+    ("train.iters=fast", "train.iters"), ("train.iters=1.5", "train.iters"),
+    ("train.amp=3", "train.amp"), ("train.image_size=64", "train.image_size"),
+    ("train.lr=abc", "train.lr"), ("model.backbone=[1]", "model.backbone"),
+])
+def test_config_rejects_naming_key(cfg_dir, override, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        load_config("rec", [override], default="base", config_dir=cfg_dir)
+
+
+def test_config_command_line_errors(cfg_dir):
+    with pytest.raises(ValueError, match="--config"):
+        load_config("rec", ["--config", "nosuch"], config_dir=cfg_dir)
+    with pytest.raises(ValueError, match="key=value"):
+        load_config("rec", ["--lr", "3"], default="base", config_dir=cfg_dir)
+    with pytest.raises(ValueError, match="--config"):
+        load_config("rec", ["--config"], default="base", config_dir=cfg_dir)
+
+
+def test_check_helpers():
+    cfg = OmegaConf.create({"a": {"g": "none", "n": 3, "x": float("nan")}})
+    assert check_choice(cfg, "a.g", ("none", "instance")) == "none"
+    assert check_range(cfg, "a.n", 1, 5, integer=True) == 3
+    with pytest.raises(ValueError, match="a.n"):
+        check_range(cfg, "a.n", 4)
+    with pytest.raises(ValueError, match="a.x"):
+        check_range(cfg, "a.x", 0)
+    with pytest.raises(ValueError, match="a.g"):
+        check_choice(cfg, "a.g", ("static",))
+
+
+def test_merge_keeps_input_untouched():
+    base = OmegaConf.create({"a": 1})
+    merge_overrides(base, ["a=2"])
+    assert base.a == 1
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_checkpoint_roundtrip_and_rng(tmp_path):
+    torch.manual_seed(0)
+    state = {"model": nn.Linear(3, 2).state_dict(), "step": 7, "rng": rng_state()}
+    p = save_checkpoint(tmp_path / "last.pt", state)
+    a = torch.rand(4)
+    back = load_checkpoint(p)
+    assert back["step"] == 7 and torch.equal(back["model"]["weight"], state["model"]["weight"])
+    set_rng_state(back["rng"])
+    assert torch.equal(torch.rand(4), a)
+    assert [f.name for f in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_checkpoint_failed_write_keeps_previous(tmp_path, monkeypatch):
+    p = save_checkpoint(tmp_path / "last.pt", {"step": 1})
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(p, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(p)["step"] == 1
+    assert [f.name for f in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_checkpoint_sigkill_mid_write_keeps_previous(tmp_path):
+    """A process SIGKILLed while writing big checkpoints never leaves an unreadable last.pt."""
+    path = tmp_path / "last.pt"
+    script = textwrap.dedent(f"""
+        import torch
+        from warpadapt.uda.checkpoint import save_checkpoint
+        big = torch.zeros(6_000_000)
+        step = 0
+        while True:
+            step += 1
+            save_checkpoint({str(path)!r}, {{"step": step, "big": big}})
+            print(step, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3):  # wait for a few complete checkpoints
+            line = proc.stdout.readline()
+            assert line, "writer died"
+        time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert load_checkpoint(path)["step"] >= 3
+
+
+def test_load_checkpoint_corrupt(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="bad.pt"):
+        load_checkpoint(bad)
+
+
+# ---------------------------------------------------------------- EMA
+def test_ema_parameters_and_buffers():
+    student = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    teacher = EMATeacher(student)
+    assert not teacher.module.training and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    student.train()(torch.randn(8, 2))  # moves BN running stats and num_batches_tracked
+    before = {k: v.clone() for k, v in teacher.module.state_dict().items()}
+    teacher.update(student, 0.9)
+    t, s = teacher.module.state_dict(), student.state_dict()
+    for k in ("0.weight", "1.running_mean", "1.running_var"):
+        torch.testing.assert_close(t[k], 0.9 * before[k] + 0.1 * s[k])
+    assert t["1.num_batches_tracked"] == s["1.num_batches_tracked"] == 1
+    teacher.train()
+    assert not teacher.module.training
+    copy_teacher = EMATeacher(student, buffers="copy")
+    student(torch.randn(8, 2))
+    copy_teacher.update(student, 0.5)
+    torch.testing.assert_close(copy_teacher.module[1].running_mean, student[1].running_mean)
+    with pytest.raises(ValueError, match="keep_rate"):
+        teacher.update(student, 1.5)
+    teacher.reset(student)
+    torch.testing.assert_close(teacher.module[0].weight, student[0].weight)
+
+
+def test_dacs_keep_rate():
+    assert [dacs_keep_rate(t, 0.99) for t in (0, 1, 3, 1000)] == [0.0, 0.5, 0.75, 0.99]
+    with pytest.raises(ValueError, match="alpha"):
+        dacs_keep_rate(1, 2.0)
+
+
+# ---------------------------------------------------------------- sampler
+def test_sampler_ranks_disjoint_and_cover_epoch():
+    n, bs, world = 12, 3, 2
+    streams = [iter(InfiniteSampler(n, bs, seed=5, rank=r, world_size=world)) for r in range(world)]
+    epoch = []
+    for _ in range(n // (bs * world)):
+        for s in streams:
+            epoch += next(s)
+    assert sorted(epoch) == list(range(n))
+
+
+def test_sampler_resume_and_seed():
+    full = iter(InfiniteSampler(7, 3, seed=2, rank=1, world_size=2))
+    seq = [next(full) for _ in range(6)]
+    resumed = iter(InfiniteSampler(7, 3, seed=2, rank=1, world_size=2, start_step=4))
+    assert [next(resumed), next(resumed)] == seq[4:]
+    other = iter(InfiniteSampler(7, 3, seed=3, rank=1, world_size=2))
+    assert [next(other) for _ in range(6)] != seq
+    with pytest.raises(ValueError, match="rank"):
+        InfiniteSampler(7, 3, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        InfiniteSampler(7, 0)
+
+
+def test_loader_does_not_touch_global_rng():
+    ds = torch.utils.data.TensorDataset(torch.arange(10.0))
+    torch.manual_seed(0)
+    a = torch.rand(1)
+    torch.manual_seed(0)
+    it = infinite_loader(ds, 2, seed=1, info=DistInfo(), start_step=3)
+    next(it)
+    assert torch.equal(torch.rand(1), a)
+
+
+# ---------------------------------------------------------------- logger
+def test_logger_resume_truncates_and_plots(tmp_path):
+    log = MetricsLogger(tmp_path)
+    for s in range(1, 6):
+        log.log(s, "train", loss=1.0 / s, lr=0.1)
+    log.log(5, "eval", mAP50=float("nan"))
+    resumed = MetricsLogger(tmp_path, resume_step=3)
+    assert [r["step"] for r in resumed.records()] == [1, 2, 3]
+    resumed.log(4, "eval", mAP50=0.5)
+    assert read_jsonl(tmp_path / "metrics.jsonl")[-1] == {"step": 4, "kind": "eval", "mAP50": 0.5}
+    png = resumed.plot()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fresh = MetricsLogger(tmp_path)  # a new run starts a new file
+    assert fresh.records() == []
+    off = MetricsLogger(tmp_path / "other", enabled=False)
+    off.log(1, "train", loss=1.0)
+    assert not (tmp_path / "other").exists()
+
+
+def test_logger_nan_to_null(tmp_path):
+    log = MetricsLogger(tmp_path)
+    log.log(1, "eval", miou=float("nan"), per_class={"car": float("inf")})
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {
+        "step": 1, "kind": "eval", "miou": None, "per_class": {"car": None}}
+
+
+# ---------------------------------------------------------------- evaluation
+def test_evaluate_segmentation_upsamples_and_restores_mode():
+    class Half(nn.Module):  # logits at half resolution: class 1 on the top half
+        def forward(self, x):
+            b, _, h, w = x.shape
+            out = torch.zeros(b, 2, h // 2, w // 2)
+            out[:, 1, : h // 4] = 1
+            out[:, 0, h // 4:] = 1
+            return out
+
+    sem = torch.zeros(8, 8, dtype=torch.long)
+    sem[:4] = 1
+    sem[0, 0] = 255
+    model = Half().train()
+    r = evaluate_segmentation(model, [{"image": torch.zeros(3, 8, 8), "semantic": sem}] * 3, 2,
+                              max_images=2)
+    assert r["miou"] == 1.0 and model.training
+    with pytest.raises(ValueError, match="max_images"):
+        evaluate_segmentation(model, [], 2)
