@@ -195,3 +195,16 @@ def test_bad_input_raises_naming_argument(capsys):
         main(["export", "--pair", "synthetic_day2night", "--domain", "source", "--split", "train",
               "--n", "zero", "--out", "x"])
     assert "--n" in capsys.readouterr().err
+
+
+def test_test_split_is_held_out():
+    """The test split holds scenes of its own (disjoint seeds) and train/val are unchanged by it."""
+    from warpadapt.data.pairs import SPLITS, SyntheticDrivingDataset, pair_scene_seed
+
+    assert SPLITS == ("train", "val", "test")
+    seeds = {s: pair_scene_seed(0, "target", s) for s in SPLITS}
+    assert len(set(seeds.values())) == 3
+    test = SyntheticDrivingDataset("synthetic_clear2fog", "target", "test", size=(32, 64), length=2)
+    val = SyntheticDrivingDataset("synthetic_clear2fog", "target", "val", size=(32, 64), length=2)
+    assert len(SyntheticDrivingDataset("synthetic_clear2fog", "target", "test")) == 200
+    assert not torch.equal(test[0]["image"], val[0]["image"])

@@ -5,7 +5,7 @@ A pair config is a plain mapping (returned as an OmegaConf ``DictConfig``)::
     name: synthetic_day2night
     image_size: [256, 512]          # (H, W)
     seed: 0
-    counts: {train: 2000, val: 200}
+    counts: {train: 2000, val: 200, test: 200}
     scene: {}                       # SceneParams overrides (object counts, ranges ...)
     source: {style: day, effects: []}
     target: {style: night_city, effects: [{name: night, args: {}}]}
@@ -37,9 +37,9 @@ __all__ = ["PAIRS", "get_pair", "list_pairs", "pair_scene_seed", "render_pair_sa
            "render_item", "SyntheticDrivingDataset", "collate", "DOMAINS", "SPLITS"]
 
 DOMAINS = ("source", "target")
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # test: held out, nothing is tuned on it
 
-_BASE = dict(image_size=[256, 512], seed=0, counts=dict(train=2000, val=200), scene={},
+_BASE = dict(image_size=[256, 512], seed=0, counts=dict(train=2000, val=200, test=200), scene={},
              classes=list(DETECTION_CLASSES))
 
 PAIRS: dict[str, dict[str, Any]] = {
@@ -184,7 +184,8 @@ class SyntheticDrivingDataset(torch.utils.data.Dataset):
 
     Args:
         pair: a pair name (``list_pairs()``), a mapping or a ``DictConfig`` (see ``get_pair``).
-        domain: ``"source"`` or ``"target"``; split: ``"train"`` or ``"val"``.
+        domain: ``"source"`` or ``"target"``; split: ``"train"``, ``"val"`` or ``"test"`` (held out:
+            scenes disjoint from train and val; report final numbers on it, tune on val).
         size: ``(H, W)`` render size overriding ``image_size`` (scenes are procedural: rendered
             directly at that size, boxes in its pixels); an int ``H`` means ``(H, 2 H)``.
         length: number of items overriding ``counts[split]``.
