@@ -336,17 +336,21 @@ def boxes_from_instance_map(
         >>> b.tolist(), l.tolist()
         ([[5.0, 0.0, 6.0, 1.0], [1.0, 1.0, 4.0, 3.0]], [11, 13])
     """
-    t = torch.as_tensor(np.asarray(instance)) if not isinstance(instance, Tensor) else instance
-    if t.dim() != 2:
-        raise ValueError(f"instance must be a 2-D (H, W) id map, got shape {tuple(t.shape)}")
-    t = t.long()
-    h, w = t.shape
-    flat = t.reshape(-1)
-    sel = flat >= label_divisor
-    if not sel.any():
+    shape = tuple(instance.shape) if isinstance(instance, Tensor) else np.shape(instance)
+    if len(shape) != 2:
+        raise ValueError(f"instance must be a 2-D (H, W) id map, got shape {shape}")
+    h, w = shape
+    if isinstance(instance, Tensor):
+        flat = instance.long().reshape(-1)
+        pix = torch.nonzero(flat >= label_divisor).squeeze(1)
+        values = flat[pix]
+    else:  # select in numpy: the torch ops below then see the object pixels only (no thread pool wake-up)
+        flat_np = np.asarray(instance).astype(np.int64, copy=False).reshape(-1)
+        pix_np = np.flatnonzero(flat_np >= label_divisor)
+        pix, values = torch.from_numpy(pix_np), torch.from_numpy(flat_np[pix_np])
+    if pix.numel() == 0:
         return torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
-    ids, inv = torch.unique(flat[sel], return_inverse=True)
-    pix = torch.nonzero(sel).squeeze(1)
+    ids, inv = torch.unique(values, return_inverse=True)
     ys, xs = (pix // w).float(), (pix % w).float()
     n = ids.numel()
     big = float(max(h, w) + 1)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from warpadapt.data.synthetic import ROAD, SIDEWALK, SKY  # noqa: F401
+from warpadapt.data.scene_layout import ROAD, SIDEWALK, SKY  # noqa: F401
 
 __all__ = ["register_effect", "list_effects", "get_effect", "apply_effects", "night", "fog", "rain"]
 
