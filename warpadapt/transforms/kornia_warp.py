@@ -1,16 +1,8 @@
-"""Data-loader transforms that warp the image AND its labels ("warp the labels too" mode).
+"""Instance-Warp as a kornia augmentation: :class:`RandomSaliencyWarp` (image and labels together).
 
-For pipelines that cannot unwarp features (an off-the-shelf detector, a segmentation loss computed on
-the warped image), the sample's own boxes drive an Instance-Warp of the image and every label is moved
-consistently: masks are resampled with nearest neighbour, boxes and keypoints are mapped exactly (a
-separable monotone warp keeps axis-aligned boxes axis-aligned, so mapping the two corners is exact).
-
-Two front ends over the same :class:`~warpadapt.warp.Warp`:
-
-- :class:`RandomSaliencyWarp`: a kornia augmentation for ``kornia.augmentation.AugmentationSequential``
-  (image, ``bbox_xyxy`` / ``bbox`` / ``bbox_xywh``, ``mask``, ``keypoints``), with ``inverse``.
-- :class:`AlbuSaliencyWarp`: an albumentations 2.0.8 ``DualTransform`` (image, mask(s), bboxes in any
-  format, keypoints), numpy in, numpy out.
+For ``kornia.augmentation.AugmentationSequential`` (image, ``bbox_xyxy`` / ``bbox`` / ``bbox_xywh``,
+``mask``, ``keypoints``), with ``inverse``. The warp is a :class:`~warpadapt.SaliencyWarp` (given, or
+built from its options). kornia private members are used only through ``_kornia_internals``.
 
 How the boxes reach the kornia transform. kornia draws an augmentation's parameters from the batch
 SHAPE only (``forward_parameters(batch_shape)``) and ``AugmentationSequential`` transforms the image
@@ -45,50 +37,27 @@ Coordinate conventions (as in the rest of warpadapt):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import Tensor
-
-import albumentations as A
 import kornia.augmentation as K
+import torch
 from kornia.constants import DataKey, Resample
 from kornia.core.ops import eye_like
 from kornia.geometry.boxes import Boxes
 from kornia.geometry.keypoints import Keypoints
+from torch import Tensor
 
-from .modules import SaliencyWarp
-from .warp import Warp
+from .._utils import check_probability
+from ..modules import SaliencyWarp, as_saliency_warp
+from ..warp import Warp
+from ._kornia_internals import applied_mask, blend_applied, resolve_params, with_data
 
-__all__ = ["RandomSaliencyWarp", "AlbuSaliencyWarp", "attach_box_guidance", "boxes_from_kornia"]
+__all__ = ["RandomSaliencyWarp", "attach_box_guidance", "boxes_from_kornia"]
 
 _Params = dict[str, Tensor]
 _Flags = dict[str, Any]
 
 _BOX_KEYS = {DataKey.BBOX: "vertices_plus", DataKey.BBOX_XYXY: "xyxy_plus", DataKey.BBOX_XYWH: "xywh"}
-
-
-def _check_p(p: Any) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    return float(p)
-
-
-def _make_warper(guidance, grid_size, fwhm, bandwidth_scale, amplitude_scale, prior, vanishing_point, geometric_sigma):
-    """A :class:`SaliencyWarp` (its constructor raises ValueError naming any bad argument)."""
-    return SaliencyWarp(
-        guidance=guidance,
-        grid_size=grid_size,
-        fwhm=fwhm,
-        bandwidth_scale=bandwidth_scale,
-        amplitude_scale=amplitude_scale,
-        prior=prior,
-        vanishing_point=vanishing_point,
-        geometric_sigma=geometric_sigma,
-    )
 
 
 def boxes_from_kornia(boxes: Boxes | Tensor | list, mode: str = "xyxy_plus") -> Tensor | list[Tensor]:
@@ -128,17 +97,14 @@ class RandomSaliencyWarp(K.GeometricAugmentationBase2D):
     compressed it). An image without guidance boxes gets the identity warp.
 
     Args:
-        guidance: "instance" (the sample's boxes), "static" (``prior``), "geometric" or "none"; see
-            :class:`~warpadapt.modules.SaliencyWarp`.
-        grid_size: (gh, gw) saliency grid, default (31, 51).
-        fwhm: attraction kernel FWHM in grid cells, default 13 (smaller = stronger zoom).
-        bandwidth_scale: instance kernel bandwidth b, default 64.
-        amplitude_scale: instance kernel mass A, default 1.
-        prior: for guidance="static", a (gh, gw) map or a file from ``save_prior``.
-        vanishing_point, geometric_sigma: for guidance="geometric".
+        warp: the :class:`~warpadapt.SaliencyWarp` to use, a guidance name ("instance": the sample's
+            boxes, "static", "geometric", "none"), or None (instance guidance); see
+            :func:`~warpadapt.modules.as_saliency_warp`.
         p: probability of warping each sample, default 1.
         same_on_batch: kornia's flag (draws one ``p`` decision for the whole batch).
         keepdim: kornia's flag (keep the input rank).
+        **warp_options: :class:`~warpadapt.SaliencyWarp`'s options (``guidance``, ``grid_size``, ``fwhm``,
+            ``prior`` ...) when ``warp`` is not a module.
 
     Shape:
         - input: (B, C, H, W), (C, H, W) or (H, W) floating point.
@@ -163,22 +129,14 @@ class RandomSaliencyWarp(K.GeometricAugmentationBase2D):
 
     def __init__(
         self,
-        guidance: str = "instance",
-        grid_size: Sequence[int] = (31, 51),
-        fwhm: float = 13.0,
-        bandwidth_scale: float = 64.0,
-        amplitude_scale: float = 1.0,
-        prior: Tensor | str | Path | None = None,
-        vanishing_point: Sequence[float] = (0.5, 0.45),
-        geometric_sigma: Sequence[float] = (0.22, 0.12),
+        warp: SaliencyWarp | str | None = None,
         p: float = 1.0,
         same_on_batch: bool = False,
         keepdim: bool = False,
+        **warp_options: Any,
     ) -> None:
-        super().__init__(p=_check_p(p), same_on_batch=same_on_batch, keepdim=keepdim)
-        self.warper = _make_warper(
-            guidance, grid_size, fwhm, bandwidth_scale, amplitude_scale, prior, vanishing_point, geometric_sigma
-        )
+        super().__init__(p=check_probability(p), same_on_batch=same_on_batch, keepdim=keepdim)
+        self.warper = as_saliency_warp(warp, **warp_options)
         # "resample" in flags lets kornia's mask handlers switch masks to nearest (forward and inverse).
         self.flags = {"resample": Resample.BILINEAR}
         self._guidance: Any = None
@@ -263,14 +221,12 @@ class RandomSaliencyWarp(K.GeometricAugmentationBase2D):
 
     def inverse_inputs(self, input: Tensor, params: _Params, flags: _Flags, transform=None, **kwargs) -> Tensor:
         in_tensor = self.transform_tensor(input)
-        params, flags = self._process_kwargs_to_params_and_flags(
-            self._params if params is None else params, flags, **kwargs
-        )
-        to_apply = self._gate(params)
+        params, flags = resolve_params(self, params, flags, **kwargs)
+        to_apply = applied_mask(self, params)
         if in_tensor.shape[0] == 0 or not bool(to_apply.any()):
             return in_tensor
         out = self._resample(in_tensor, params, flags, inverse=True)
-        return self._blend_by_prob(out, in_tensor, to_apply)
+        return blend_applied(self, out, in_tensor, to_apply)
 
     # -- boxes and keypoints ------------------------------------------------------------------
     def _map_box_vertices(self, boxes: Boxes, params: dict[str, Tensor], inverse: bool) -> Boxes:
@@ -293,9 +249,7 @@ class RandomSaliencyWarp(K.GeometricAugmentationBase2D):
         pts = (d + t).reshape(b, n * 4, 2)
         mapped = warp.inverse_points(pts) if inverse else warp.forward_points(pts)
         new = mapped.reshape(b, n, 4, 2).to(d.dtype) - t
-        out = boxes.clone()
-        out._data = new if batched else new[0]
-        return out
+        return with_data(boxes, new if batched else new[0])
 
     def _map_keypoints(self, kps: Keypoints, params: dict[str, Tensor], inverse: bool) -> Keypoints:
         data = kps.data
@@ -306,9 +260,7 @@ class RandomSaliencyWarp(K.GeometricAugmentationBase2D):
         warp = self.warp_from_params(params, d.device)
         # integer keypoints are pixel centres: continuous position = k + 0.5
         mapped = (warp.inverse_points(d + 0.5) if inverse else warp.forward_points(d + 0.5)).to(d.dtype) - 0.5
-        out = kps.clone()
-        out._data = mapped if batched else mapped[0]
-        return out
+        return with_data(kps, mapped if batched else mapped[0])
 
     def apply_transform_box(self, input: Boxes, params: _Params, flags: _Flags, transform=None) -> Boxes:
         return self._map_box_vertices(input, params, inverse=False)
@@ -318,15 +270,13 @@ class RandomSaliencyWarp(K.GeometricAugmentationBase2D):
 
     def _inverse_labels(self, input, params: _Params, flags: _Flags, mapper, batched_dim: int, **kwargs):
         """Shared inverse of boxes / keypoints: undo the warp where it was applied (per-sample gate)."""
-        params, flags = self._process_kwargs_to_params_and_flags(
-            self._params if params is None else params, flags, **kwargs
-        )
-        to_apply = self._gate(params)
+        params, flags = resolve_params(self, params, flags, **kwargs)
+        to_apply = applied_mask(self, params)
         if not bool(to_apply.any()):
             return input.clone()
         out = mapper(input, params, inverse=True)
         if input.data.dim() == batched_dim:
-            out._data = self._blend_by_prob(out.data, input.data, to_apply)
+            out = with_data(out, blend_applied(self, out.data, input.data, to_apply))
         return out
 
     def inverse_boxes(self, input: Boxes, params: _Params, flags: _Flags, transform=None, **kwargs) -> Boxes:
@@ -405,124 +355,3 @@ def attach_box_guidance(container: torch.nn.Module, data_key: str | DataKey | No
         return None
 
     return container.register_forward_pre_hook(hook, with_kwargs=True)
-
-
-class AlbuSaliencyWarp(A.DualTransform):
-    """Instance-Warp as an albumentations 2.0.8 transform: image, masks, bboxes and keypoints together.
-
-    The guidance is the sample's own ``bboxes`` (in any ``BboxParams`` format: ``Compose`` hands them
-    over normalised, as (N, 4 + extra) arrays, and converts them back). Images are resampled bilinearly
-    (uint8 images are rounded back to uint8, float32 stays float32), masks with nearest neighbour, boxes
-    and keypoints (x, y; angle and scale columns are left unchanged) are mapped exactly. The warp of the
-    last call is ``get_applied_params()["warp"]`` (a :class:`Warp`, for unwarping predictions). Use it
-    inside ``A.Compose(..., bbox_params=A.BboxParams(...))``: a bare call gets un-normalised boxes.
-
-    Args:
-        guidance, grid_size, fwhm, bandwidth_scale, amplitude_scale, prior, vanishing_point,
-        geometric_sigma: as :class:`RandomSaliencyWarp`.
-        p: probability of applying the transform.
-
-    Targets:
-        image, mask, masks, bboxes, keypoints
-
-    Image types:
-        uint8, float32
-
-    Example:
-        >>> import albumentations as A, numpy as np
-        >>> tf = A.Compose([AlbuSaliencyWarp()], bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]))
-        >>> out = tf(image=np.zeros((64, 96, 3), np.uint8), bboxes=[[40, 20, 56, 36]], labels=[1])
-        >>> x1, y1, x2, y2 = out["bboxes"][0]
-        >>> out["image"].dtype, bool(x2 - x1 > 16)
-        (dtype('uint8'), True)
-    """
-
-    def __init__(
-        self,
-        guidance: str = "instance",
-        grid_size: Sequence[int] = (31, 51),
-        fwhm: float = 13.0,
-        bandwidth_scale: float = 64.0,
-        amplitude_scale: float = 1.0,
-        prior: Any = None,
-        vanishing_point: Sequence[float] = (0.5, 0.45),
-        geometric_sigma: Sequence[float] = (0.22, 0.12),
-        p: float = 1.0,
-    ) -> None:
-        super().__init__(p=_check_p(p))
-        self.warper = _make_warper(
-            guidance, tuple(grid_size) if isinstance(grid_size, list) else grid_size, fwhm, bandwidth_scale,
-            amplitude_scale, prior, vanishing_point, geometric_sigma,
-        )
-        self.guidance = guidance
-        self.grid_size = tuple(grid_size)
-        self.fwhm = fwhm
-        self.bandwidth_scale = bandwidth_scale
-        self.amplitude_scale = amplitude_scale
-        self.prior = prior
-        self.vanishing_point = tuple(vanishing_point)
-        self.geometric_sigma = tuple(geometric_sigma)
-
-    @property
-    def targets_as_params(self) -> list[str]:
-        return ["bboxes"] if self.warper.guidance == "instance" else []
-
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        h, w = int(params["shape"][0]), int(params["shape"][1])
-        boxes = None
-        if self.warper.guidance == "instance":
-            raw = data.get("bboxes")
-            arr = np.zeros((0, 4)) if raw is None or len(raw) == 0 else np.asarray(raw, dtype=np.float64)
-            xyxy = arr.reshape(len(arr), -1)[:, :4] if len(arr) else np.zeros((0, 4))
-            xyxy = xyxy * np.array([w, h, w, h], dtype=np.float64)
-            boxes = [torch.from_numpy(xyxy).float()]
-        warp = self.warper.make_warp((h, w), boxes, batch_size=1)
-        return {"warp": warp}
-
-    # -- arrays -------------------------------------------------------------------------------
-    @staticmethod
-    def _to_nchw(arr: np.ndarray, dtype) -> tuple[Tensor, bool]:
-        squeeze = arr.ndim == 2
-        a = arr[..., None] if squeeze else arr
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(dtype).permute(2, 0, 1)[None]
-        return t, squeeze
-
-    @staticmethod
-    def _from_nchw(t: Tensor, squeeze: bool) -> np.ndarray:
-        a = t[0].permute(1, 2, 0).numpy()
-        return a[..., 0] if squeeze else a
-
-    def apply(self, img: np.ndarray, warp: Warp, **params: Any) -> np.ndarray:
-        if img.dtype not in (np.uint8, np.float32, np.float64):
-            raise TypeError(f"img must be uint8, float32 or float64, got {img.dtype}")
-        work = torch.float64 if img.dtype == np.float64 else torch.float32
-        t, squeeze = self._to_nchw(img, work)
-        out = self._from_nchw(warp.apply(t), squeeze)
-        if img.dtype == np.uint8:
-            return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-        return out.astype(img.dtype, copy=False)
-
-    def apply_to_mask(self, mask: np.ndarray, warp: Warp, **params: Any) -> np.ndarray:
-        dtype = mask.dtype
-        m = mask.astype(np.uint8) if dtype == np.bool_ else mask
-        t, squeeze = self._to_nchw(m, torch.float64)  # exact for every integer label below 2**53
-        out = self._from_nchw(warp.apply(t, mode="nearest"), squeeze)
-        return out.astype(dtype)
-
-    def apply_to_bboxes(self, bboxes: np.ndarray, warp: Warp, **params: Any) -> np.ndarray:
-        if len(bboxes) == 0:
-            return bboxes
-        h, w = warp.image_size
-        out = np.array(bboxes, dtype=np.float64, copy=True)
-        xyxy = torch.from_numpy(out[:, :4] * np.array([w, h, w, h]))[None]
-        mapped = warp.forward_boxes(xyxy.float(), (h, w))[0].double().numpy()
-        out[:, :4] = mapped / np.array([w, h, w, h])
-        return out.astype(np.asarray(bboxes).dtype, copy=False)
-
-    def apply_to_keypoints(self, keypoints: np.ndarray, warp: Warp, **params: Any) -> np.ndarray:
-        if len(keypoints) == 0:
-            return keypoints
-        out = np.array(keypoints, dtype=np.float64, copy=True)
-        pts = torch.from_numpy(out[:, :2] + 0.5).float()[None]  # integer keypoints are pixel centres
-        out[:, :2] = warp.forward_points(pts)[0].double().numpy() - 0.5
-        return out.astype(np.asarray(keypoints).dtype, copy=False)
