@@ -7,7 +7,8 @@ under the Agg backend (scripts, tests, CI) and inline in a notebook.
 Images may be torch tensors ``(3, H, W)`` (or ``(1, 3, H, W)``) float in [0, 1], or numpy arrays
 ``(H, W, 3)`` (float in [0, 1] or uint8) or ``(H, W)`` grey. Boxes are ``(N, 4)`` xyxy pixels as a
 tensor, an array or a list of 4-lists. A :class:`~warpadapt.Warp` with a batch larger than one is
-drawn for image ``index`` (default 0).
+drawn for image ``index`` (default 0). Measurements (:func:`pixel_share`, :func:`box_union_area`) live
+in :mod:`warpadapt.measure` (no matplotlib) and are re-exported here.
 
 Example:
     >>> import matplotlib; matplotlib.use("Agg")
@@ -29,12 +30,15 @@ import torch
 import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 
-from .modules import GUIDANCES, SaliencyWarp
+from ._utils import as_size
+from .measure import _as_boxes, _one_warp, box_union_area, pixel_share  # noqa: F401  (re-exported: the old home)
+from .modules import GUIDANCES, SaliencyWarp, as_saliency_warp
 from .warp import Warp
 
 __all__ = [
     "as_image",
     "pixel_share",
+    "box_union_area",
     "show_boxes",
     "show_saliency",
     "show_grid",
@@ -90,27 +94,6 @@ def as_image(image, name: str = "image") -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
-def _as_boxes(boxes, name: str = "boxes") -> np.ndarray:
-    if boxes is None:
-        return np.zeros((0, 4), np.float32)
-    if isinstance(boxes, torch.Tensor):
-        arr = boxes.detach().to("cpu").float().numpy()
-    else:
-        try:
-            arr = np.asarray(boxes, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{name}: expected an (N, 4) array of xyxy boxes, got {type(boxes).__name__}") from e
-    if arr.size == 0:
-        return np.zeros((0, 4), np.float32)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{name}: expected shape (N, 4) xyxy, got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: contains NaN or infinite coordinates")
-    if (arr[:, 2] < arr[:, 0]).any() or (arr[:, 3] < arr[:, 1]).any():
-        raise ValueError(f"{name}: expected xyxy boxes with x2 >= x1 and y2 >= y1")
-    return arr
-
-
 def _as_saliency(saliency, name: str = "saliency") -> np.ndarray:
     s = saliency.detach().to("cpu").float().numpy() if isinstance(saliency, torch.Tensor) else np.asarray(saliency, np.float32)
     if s.ndim == 3 and s.shape[0] == 1:
@@ -122,24 +105,6 @@ def _as_saliency(saliency, name: str = "saliency") -> np.ndarray:
     return s
 
 
-def _one_warp(warp, index: int, name: str = "warp") -> Warp:
-    if not isinstance(warp, Warp):
-        raise ValueError(f"{name}: expected a warpadapt.Warp, got {type(warp).__name__}")
-    if not -warp.batch_size <= index < warp.batch_size:
-        raise ValueError(f"index: {index} out of range for a warp of batch size {warp.batch_size}")
-    return warp[index].detach().to("cpu")
-
-
-def _size(image_size, name: str = "image_size") -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in image_size)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: expected (H, W), got {image_size!r}") from e
-    if h < 1 or w < 1:
-        raise ValueError(f"{name}: expected positive (H, W), got {(h, w)}")
-    return h, w
-
-
 def _new_ax(ax, figsize=(6.4, 3.6)):
     if ax is not None:
         return ax
@@ -149,55 +114,6 @@ def _new_ax(ax, figsize=(6.4, 3.6)):
 
 def _to_tensor_image(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
-
-
-# -- measures -----------------------------------------------------------------------------------------
-def pixel_share(boxes=None, image_size=None, warp: Warp | None = None, mask=None, index: int = 0) -> float:
-    """Fraction of image pixels covered by objects, before or after a warp.
-
-    Objects are the union of ``boxes`` (its exact area; after the warp the boxes are
-    mapped with :meth:`Warp.forward_boxes`, exact for a separable warp) or a boolean ``mask``
-    ((H, W), e.g. ``instance > 0``; warped with nearest sampling).
-
-    Args:
-        boxes: (N, 4) xyxy pixels (ignored when ``mask`` is given).
-        image_size: (H, W); taken from ``mask`` when it is given.
-        warp: a :class:`~warpadapt.Warp`, or None for the share in the original image.
-        mask: optional (H, W) boolean / 0-1 object mask.
-        index: which image of a batched ``warp``.
-
-    Returns:
-        the share in [0, 1].
-
-    Example:
-        >>> pixel_share(torch.tensor([[0., 0., 32., 16.]]), (64, 64))
-        0.125
-    """
-    if mask is not None:
-        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
-        if m.dim() != 2:
-            raise ValueError(f"mask: expected an (H, W) array, got shape {tuple(m.shape)}")
-        m = (m != 0).float()[None, None]
-        if warp is not None:
-            m = _one_warp(warp, index).apply(m, mode="nearest")
-        return float(m.mean())
-    h, w = _size(image_size)
-    b = _as_boxes(boxes)
-    if warp is not None and len(b):
-        b = _one_warp(warp, index).forward_boxes([torch.from_numpy(b)], (h, w))[0].numpy()
-    return _union_area(np.clip(b, 0, [w, h, w, h])) / (h * w)
-
-
-def _union_area(b: np.ndarray) -> float:
-    """Exact area of a union of xyxy boxes (coordinate compression)."""
-    if len(b) == 0:
-        return 0.0
-    xs, ys = np.unique(b[:, [0, 2]]), np.unique(b[:, [1, 3]])
-    cx, cy = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2
-    inx = (b[:, 0, None] <= cx) & (cx <= b[:, 2, None])  # (N, nx - 1)
-    iny = (b[:, 1, None] <= cy) & (cy <= b[:, 3, None])  # (N, ny - 1)
-    covered = (iny[:, :, None] & inx[:, None, :]).any(0)
-    return float((np.diff(ys)[:, None] * np.diff(xs)[None, :] * covered).sum())
 
 
 # -- single panels ------------------------------------------------------------------------------------
@@ -320,7 +236,7 @@ def show_grid(warp: Warp, image_size, step: float | None = None, ax=None, image=
         14
         >>> plt.close("all")
     """
-    h, w = _size(image_size)
+    h, w = as_size(image_size, "image_size")
     wp = _one_warp(warp, index)
     if step is None:
         step = max(h, w) / 24.0
@@ -484,11 +400,9 @@ def _guidance_module(g, prior, **warp_options) -> SaliencyWarp:
         return g
     if g not in GUIDANCES:
         raise ValueError(f"guidances: expected names in {GUIDANCES} or SaliencyWarp modules, got {g!r}")
-    if g == "static":
-        if prior is None:
-            raise ValueError("prior: guidance 'static' needs a (gh, gw) prior (see warpadapt.fit_static_prior)")
-        return SaliencyWarp("static", prior=prior, **warp_options)
-    return SaliencyWarp(g, **warp_options)
+    if g == "static" and prior is None:
+        raise ValueError("prior: guidance 'static' needs a (gh, gw) prior (see warpadapt.fit_static_prior)")
+    return as_saliency_warp(g, **({"prior": prior} if g == "static" else {}), **warp_options)
 
 
 def _module_warp(module: SaliencyWarp, h: int, w: int, boxes: np.ndarray):
