@@ -11,13 +11,46 @@ import torch
 from torch import Tensor, nn
 
 from .saliency import geometric_prior, load_prior, pad_boxes, saliency_from_padded, uniform_saliency
-from .warp import Warp, resample
+from .warp import FWHM_RANGE, Warp, check_fwhm, resample
 
-__all__ = ["GUIDANCES", "SaliencyWarp", "FeatureUnwarp", "as_saliency_warp"]
+__all__ = ["GUIDANCES", "OPTION_RANGES", "SaliencyWarp", "FeatureUnwarp", "as_saliency_warp"]
 
 #: Saliency guidance types: boxes ("instance"), a fixed dataset map ("static"), a vanishing-point
 #: prior ("geometric"), or no warp at all ("none").
 GUIDANCES = ("instance", "static", "geometric", "none")
+
+#: Valid (closed) ranges of :class:`SaliencyWarp`'s numeric options. Outside them the float arithmetic
+#: underflows or overflows (NaN or infinite saliency) long before any useful effect; inside them every
+#: map is finite and monotone and spans the image (tested with hypothesis).
+OPTION_RANGES: dict[str, tuple[float, float]] = {
+    "fwhm": FWHM_RANGE,  # grid cells
+    "bandwidth_scale": (1e-6, 1e6),  # squared pixels per pixel of box side
+    "amplitude_scale": (1e-6, 1e3),  # each box's mass relative to its floor term
+    "geometric_sigma": (1e-3, 1e3),  # fractions of the image width / height
+}
+
+
+def _check_range(name: str, val) -> float:
+    lo, hi = OPTION_RANGES[name]
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not (lo <= val <= hi):
+        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {val!r}")
+    return float(val)
+
+
+def _check_pair(name: str, val, check=None) -> tuple[float, float]:
+    if isinstance(val, Tensor):
+        val = val.tolist()
+    if isinstance(val, (str, bytes)) or not isinstance(val, Sequence) or len(val) != 2:
+        raise ValueError(f"{name} must be a pair of 2 numbers, got {val!r}")
+    out = []
+    for v in val:
+        if check is not None:
+            out.append(check(name, v))
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a pair of 2 finite numbers, got {val!r}")
+        else:
+            out.append(float(v))
+    return out[0], out[1]
 
 
 class SaliencyWarp(nn.Module):
@@ -28,14 +61,22 @@ class SaliencyWarp(nn.Module):
             :func:`~warpadapt.saliency.fit_static_prior`; pass it as ``prior``), "geometric" (a
             vanishing-point prior, :func:`~warpadapt.saliency.geometric_prior`), or "none" (identity).
         grid_size: (gh, gw) saliency grid nodes, default (31, 51).
-        fwhm: attraction kernel FWHM in grid cells, default 13. Larger pulls from farther: a stronger
-            zoom (about 0.6x-1.5x at 4, 0.4x-3.5x at 13 on the 31 x 51 grid; it saturates past ~13).
-        bandwidth_scale: b for instance saliency (variance b * box side), default 64.
-        amplitude_scale: A, each box's mass relative to the floor, default 1.
-        prior: for "static": a (gh, gw) tensor or the path of a file written by ``save_prior``.
-        vanishing_point: for "geometric": (u0, v0) as fractions of width and height.
-        geometric_sigma: for "geometric": widths (su, sv) as fractions of width and height.
+        fwhm: attraction kernel FWHM in grid cells, default 13, valid in [0.1, 1000]. Larger pulls from
+            farther: a stronger zoom (about 0.6x-1.5x at 4, 0.4x-3.5x at 13 on the 31 x 51 grid; it
+            saturates past ~13 and weakens past the map padding ``min(grid_size) - 1``, with a warning).
+        bandwidth_scale: b for instance saliency (variance b * box side), default 64, valid in [1e-6, 1e6].
+        amplitude_scale: A, each box's mass relative to the floor, default 1, valid in [1e-6, 1e3].
+        prior: for "static": a (gh, gw) tensor (gh, gw >= 2) or the path of a file written by ``save_prior``.
+        vanishing_point: for "geometric": (u0, v0) as fractions of width and height (two finite numbers;
+            outside [0, 1] puts the point outside the image).
+        geometric_sigma: for "geometric": widths (su, sv) as fractions of width and height, each in [1e-3, 1e3].
         method: resampling method, "grid_sample" or "separable" (see :func:`~warpadapt.warp.resample`).
+        dtype: dtype of the warp's maps, torch.float32 (default) or torch.float64. The warped image keeps
+            its own dtype either way; float64 maps make point / box round trips exact to < 1e-6 px where
+            float32 gives up to ``6e-8 * size * zoom`` px (see :class:`~warpadapt.warp.Warp`).
+
+    Every range is checked here (ValueError naming the option); :data:`OPTION_RANGES` holds them. NaN or
+    infinite image pixels propagate to the warped pixels that read them; the warp itself is always finite.
 
     Shape:
         - images: (B, C, H, W), float32 / float16 / bfloat16.
@@ -65,6 +106,7 @@ class SaliencyWarp(nn.Module):
         vanishing_point: Sequence[float] = (0.5, 0.45),
         geometric_sigma: Sequence[float] = (0.22, 0.12),
         method: str = "grid_sample",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         if guidance not in GUIDANCES:
@@ -76,9 +118,13 @@ class SaliencyWarp(nn.Module):
             and min(grid_size) >= 2
         ):
             raise ValueError(f"grid_size must be a pair (gh, gw) of ints >= 2, got {grid_size!r}")
-        for name, val in (("fwhm", fwhm), ("bandwidth_scale", bandwidth_scale), ("amplitude_scale", amplitude_scale)):
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {val!r}")
+        fwhm = check_fwhm(fwhm)
+        bandwidth_scale = _check_range("bandwidth_scale", bandwidth_scale)
+        amplitude_scale = _check_range("amplitude_scale", amplitude_scale)
+        vanishing_point = _check_pair("vanishing_point", vanishing_point)
+        geometric_sigma = _check_pair("geometric_sigma", geometric_sigma, _check_range)
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         if method not in ("grid_sample", "separable"):
             raise ValueError(f"method must be 'grid_sample' or 'separable', got {method!r}")
         if fwhm > min(grid_size) - 1:
@@ -96,13 +142,16 @@ class SaliencyWarp(nn.Module):
         self.vanishing_point = tuple(float(v) for v in vanishing_point)
         self.geometric_sigma = tuple(float(v) for v in geometric_sigma)
         self.method = method
+        self.dtype = dtype
         self.prior: Tensor | None = None  # a plain attribute, not a buffer: wrap() adds no state
         if guidance == "static":
             if prior is None:
                 raise ValueError("guidance='static' needs prior= (a (gh, gw) tensor or a file from save_prior)")
             p = load_prior(prior) if isinstance(prior, (str, Path)) else torch.as_tensor(prior, dtype=torch.float32)
-            if p.dim() != 2 or (p < 0).any() or not torch.isfinite(p).all() or p.sum() <= 0:
-                raise ValueError(f"prior must be a non-negative finite (gh, gw) map, got shape {tuple(p.shape)}")
+            if p.dim() != 2 or min(p.shape) < 2:
+                raise ValueError(f"prior must be a (gh, gw) map with gh, gw >= 2 (the map needs 2 nodes per axis), got shape {tuple(p.shape)}")
+            if (p < 0).any() or not torch.isfinite(p).all() or p.sum() <= 0:
+                raise ValueError("prior must be non-negative and finite with a positive sum")
             self.prior = p / p.sum()
             self.grid_size = tuple(p.shape)
 
@@ -137,7 +186,7 @@ class SaliencyWarp(nn.Module):
     def make_warp(self, image_size: Sequence[int], boxes=None, batch_size: int | None = None, device=None) -> Warp:
         """Build the :class:`Warp` for a batch without touching any image."""
         sal = self.saliency(image_size, boxes, batch_size, device)
-        return Warp.from_saliency(sal, self.fwhm, image_size=tuple(int(v) for v in image_size))
+        return Warp.from_saliency(sal.to(self.dtype), self.fwhm, image_size=tuple(int(v) for v in image_size))
 
     def forward(self, images: Tensor, boxes=None) -> tuple[Tensor, Warp]:
         if not isinstance(images, Tensor):
@@ -188,7 +237,13 @@ class FeatureUnwarp(nn.Module):
 
     Each tensor is unwarped at its own resolution with the warp's exact inverse (fractional
     coordinates, so every stride works). Accepts a tensor, a list/tuple or a dict of tensors and
-    returns the same structure; non-tensor entries and tensors that are not 4-D pass through.
+    returns the same structure (of tensors only).
+
+    Every tensor must be a 4-D floating point feature map (TypeError / ValueError naming it otherwise).
+    When the warp knows its image size (``warp.image_size``, set by :class:`SaliencyWarp`), each feature
+    map's spatial size must be a plausible stride of it: ``H / h`` and ``W / w`` must agree up to the
+    rounding of the feature sizes (+-2 feature pixels), which catches NHWC features given as NCHW (and the
+    reverse) and features of another image. NaN or infinite feature values propagate.
 
     Args:
         layout: "NCHW" (default) or "NHWC" (e.g. timm Swin features).
@@ -215,11 +270,20 @@ class FeatureUnwarp(nn.Module):
     def extra_repr(self) -> str:
         return f"layout={self.layout!r}, method={self.method!r}"
 
-    def _one(self, x: Tensor, warp: Warp) -> Tensor:
+    def _one(self, x: Tensor, warp: Warp, name: str = "features") -> Tensor:
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating point tensor, got {x.dtype}")
         if x.dim() != 4:
-            return x
+            dims = "(B, H, W, C)" if self.layout == "NHWC" else "(B, C, H, W)"
+            raise ValueError(f"{name} must be a 4-D {self.layout} feature map {dims}, got shape {tuple(x.shape)}")
         if x.shape[0] != warp.batch_size:
-            raise ValueError(f"features have batch size {x.shape[0]} but the warp has {warp.batch_size}")
+            raise ValueError(f"{name} have batch size {x.shape[0]} but the warp has {warp.batch_size}")
+        hw = tuple(x.shape[1:3]) if self.layout == "NHWC" else tuple(x.shape[2:])
+        if warp.image_size is not None and not _stride_compatible(hw, warp.image_size):
+            raise ValueError(
+                f"{name} have spatial size {hw} (layout {self.layout!r}), which is not a stride of the warped "
+                f"image's size {tuple(warp.image_size)}: wrong layout (NCHW vs NHWC) or features of another image?"
+            )
         if self.layout == "NHWC":
             y = x.permute(0, 3, 1, 2)
             fy, fx = warp.axes(y.shape[-2:], inverse=True)
@@ -230,13 +294,25 @@ class FeatureUnwarp(nn.Module):
     def forward(self, features, warp: Warp):
         if not isinstance(warp, Warp):
             raise TypeError(f"warp must be a warpadapt.Warp, got {type(warp).__name__}")
+        return self._walk(features, warp, "features")
+
+    def _walk(self, features, warp: Warp, name: str):
         if isinstance(features, Tensor):
-            return self._one(features, warp)
+            return self._one(features, warp, name)
         if isinstance(features, Mapping):
-            return type(features)((k, self.forward(v, warp)) for k, v in features.items())
+            return type(features)((k, self._walk(v, warp, f"{name}[{k!r}]")) for k, v in features.items())
         if isinstance(features, (list, tuple)):
-            out = [self.forward(v, warp) for v in features]
+            out = [self._walk(v, warp, f"{name}[{i}]") for i, v in enumerate(features)]
             if isinstance(features, list):
                 return out
             return type(features)(*out) if hasattr(features, "_fields") else type(features)(out)
-        raise TypeError(f"features must be a tensor or a list/tuple/dict of tensors, got {type(features).__name__}")
+        raise TypeError(f"{name} must be a tensor or a list/tuple/dict of tensors, got {type(features).__name__}")
+
+
+def _stride_compatible(feat_size, image_size, slack: int = 2) -> bool:
+    """Whether an (h, w) feature map can be a stride of an (H, W) image: the stride intervals
+    ``[H / (h + slack), H / (h - slack)]`` and the same for W overlap (feature sizes round differently
+    per model: floor, ceil, padding)."""
+    lo = max(n / (f + slack) for f, n in zip(feat_size, image_size))
+    hi = min(n / max(f - slack, 0.5) for f, n in zip(feat_size, image_size))
+    return lo <= hi

@@ -7,6 +7,7 @@ sums to one over the grid. Nothing here knows about models or training; every fu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def pad_boxes(
     """Validate, clip and pad a batch of box lists into one tensor and a validity mask.
 
     Args:
-        boxes: list (or tuple) of B tensors of shape (N_i, 4), xyxy in pixels of the image; or one
-            tensor (B, N, 4) with every row valid.
+        boxes: list (or tuple) of B tensors of shape (N_i, 4) (or (0,) for an image without boxes),
+            xyxy in pixels of the image, any real dtype (float16 / bfloat16 / integer boxes are read
+            in float32); or one tensor (B, N, 4) with every row valid.
         image_size: (H, W) of the image the boxes belong to. Boxes partly outside are clipped to it;
             boxes with zero area after clipping (e.g. entirely outside) are masked out.
         batch_size: expected B; a mismatch raises ValueError.
@@ -74,8 +76,9 @@ def pad_boxes(
         bool (B, N_max).
 
     Raises:
-        TypeError: ``boxes`` is not a list/tuple of tensors or a tensor.
-        ValueError: wrong shapes, batch length, NaN/inf values, or x2 < x1 / y2 < y1.
+        TypeError: ``boxes`` is not a list/tuple of tensors or a tensor, or has a bool / complex dtype.
+        ValueError: wrong shapes (including empty ones such as (0, 5) or (3, 0)), batch length,
+            NaN/inf values, or x2 < x1 / y2 < y1.
 
     Example:
         >>> p, m = pad_boxes([torch.tensor([[10., 20., 30., 40.]]), torch.zeros(0, 4)], (64, 64))
@@ -86,16 +89,18 @@ def pad_boxes(
     if isinstance(boxes, Tensor):
         if boxes.dim() != 3 or boxes.shape[-1] != 4:
             raise ValueError(f"boxes as one tensor must have shape (B, N, 4), got {tuple(boxes.shape)}")
+        if boxes.dtype == torch.bool or boxes.is_complex():
+            raise TypeError(f"boxes must be a real (floating point or integer) tensor, got {boxes.dtype}")
         seq = list(boxes.unbind(0))
     elif isinstance(boxes, (list, tuple)):
         seq = list(boxes)
         for i, b in enumerate(seq):
             if not isinstance(b, Tensor):
                 raise TypeError(f"boxes[{i}] must be a torch.Tensor of shape (N, 4), got {type(b).__name__}")
-            if b.dim() != 2 or b.shape[-1] != 4:
-                if b.numel() == 0:
-                    continue
-                raise ValueError(f"boxes[{i}] must have shape (N, 4), got {tuple(b.shape)}")
+            if b.dtype == torch.bool or b.is_complex():
+                raise TypeError(f"boxes[{i}] must be a real (floating point or integer) tensor, got {b.dtype}")
+            if (b.dim() != 2 or b.shape[-1] != 4) and tuple(b.shape) != (0,):
+                raise ValueError(f"boxes[{i}] must have shape (N, 4) (or (0,) for no boxes), got {tuple(b.shape)}")
     else:
         raise TypeError(f"boxes must be a list of B tensors (N_i, 4) or a tensor (B, N, 4), got {type(boxes).__name__}")
     if batch_size is not None and len(seq) != batch_size:
@@ -473,9 +478,11 @@ def geometric_prior(
 
     Args:
         grid_size: (gh, gw).
-        vanishing_point: (u0, v0) in [0, 1], or a (B, 2) tensor of per-image points.
-        sigma: (su, sv) widths as fractions of the image width and height.
-        floor: constant added before normalisation (keeps the background sampled).
+        vanishing_point: (u0, v0) in [0, 1] (any finite value; outside [0, 1] is outside the image),
+            or a (B, 2) tensor of per-image points.
+        sigma: (su, sv) widths as fractions of the image width and height, each in [1e-3, 1e3].
+        floor: constant added before normalisation (keeps the background sampled), finite and >= 0.
+            With ``floor=0`` the map is computed relative to its peak, so it never underflows to zero.
         batch_size: if given (and one point is given), repeat the map to (B, gh, gw).
 
     Returns:
@@ -487,22 +494,32 @@ def geometric_prior(
         (torch.Size([5, 9]), True)
     """
     gh, gw = _check_grid_size(grid_size)
-    vp = torch.as_tensor(vanishing_point, dtype=torch.float32)
+    try:
+        vp = torch.as_tensor(vanishing_point, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"vanishing_point must be (u0, v0) or a (B, 2) tensor of numbers, got {vanishing_point!r}") from err
+    if not (vp.shape == (2,) or (vp.dim() == 2 and vp.shape[1] == 2)):
+        raise ValueError(f"vanishing_point must have shape (2,) or (B, 2), got {tuple(vp.shape)}")
     single = vp.dim() == 1
     vp = vp.reshape(-1, 2)
     if not torch.isfinite(vp).all():
         raise ValueError("vanishing_point must be finite")
+    if isinstance(sigma, (str, bytes)) or not isinstance(sigma, (Sequence, Tensor)) or len(sigma) != 2:
+        raise ValueError(f"sigma must be a pair (su, sv), got {sigma!r}")
     su, sv = (float(s) for s in sigma)
-    if su <= 0 or sv <= 0:
-        raise ValueError(f"sigma must be positive, got {tuple(sigma)}")
-    if floor < 0:
-        raise ValueError(f"floor must be >= 0, got {floor}")
-    u = torch.linspace(0, 1, gw)
-    v = torch.linspace(0, 1, gh)
+    if not (1e-3 <= su <= 1e3 and 1e-3 <= sv <= 1e3):
+        raise ValueError(f"sigma must be a pair of numbers in [1e-3, 1e3], got {tuple(sigma)}")
+    if not (isinstance(floor, (int, float)) and math.isfinite(floor) and floor >= 0):
+        raise ValueError(f"floor must be a finite number >= 0, got {floor!r}")
+    u = torch.linspace(0, 1, gw, dtype=torch.float64)
+    v = torch.linspace(0, 1, gh, dtype=torch.float64)
     du = (u[None, :] - vp[:, 0:1]) ** 2 / (2 * su**2)  # (B, gw)
     dv = (v[None, :] - vp[:, 1:2]) ** 2 / (2 * sv**2)  # (B, gh)
-    s = torch.exp(-(dv[:, :, None] + du[:, None, :])) + floor
-    s = s / s.sum(dim=(1, 2), keepdim=True)
+    d = dv[:, :, None] + du[:, None, :]
+    if floor == 0:  # relative to the peak: the normalised map is the same and cannot underflow to all zeros
+        d = d - d.amin(dim=(1, 2), keepdim=True)
+    s = torch.exp(-d) + floor
+    s = (s / s.sum(dim=(1, 2), keepdim=True)).float()
     if single:
         s = s[0]
         if batch_size is not None:

@@ -120,7 +120,9 @@ class WarpedBackbone(nn.Module):
         if kwargs.get("intermediates_only", False):
             return unwarp(out, w)
         final, inter = out
-        return unwarp(final, w), unwarp(inter, w)
+        if isinstance(final, Tensor) and final.dim() == 4:
+            final = unwarp(final, w)
+        return final, unwarp(inter, w)
 
 
 def _rename(mapping: dict, renames: dict) -> None:
