@@ -162,6 +162,24 @@ def test_export_layout_and_coco(tmp_path):
         assert set(json.load(fh)) >= {"images", "annotations", "categories"}
 
 
+def test_export_cli_without_domain_writes_both_domains(tmp_path, capsys):
+    out = str(tmp_path)
+    assert main(["export", "--pair", "synthetic_day2night", "--split", "val", "--n", "2", "--out", out,
+                 "--size", "32x64"]) == 0
+    for domain in ("source", "target"):
+        folder = f"synthetic_day2night_{domain}"
+        names = sorted(os.listdir(os.path.join(out, "leftImg8bit", "val", folder)))
+        assert names == [f"{folder}_{i:06d}_leftImg8bit.png" for i in range(2)]
+    with open(os.path.join(out, "annotations", "instances_val.json")) as fh:
+        files = sorted(im["file_name"].split("/")[0] for im in json.load(fh)["images"])
+    assert files == ["synthetic_day2night_source"] * 2 + ["synthetic_day2night_target"] * 2
+    # --domain still picks one
+    other = str(tmp_path / "one")
+    main(["export", "--pair", "synthetic_day2night", "--domain", "target", "--split", "val", "--n", "1",
+          "--out", other, "--size", "32"])
+    assert os.listdir(os.path.join(other, "leftImg8bit", "val")) == ["synthetic_day2night_target"]
+
+
 def test_bad_input_raises_naming_argument(capsys):
     with pytest.raises(ValueError, match="name"):
         get_pair("nope")

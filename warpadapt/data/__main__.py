@@ -1,7 +1,7 @@
 """Command line for the synthetic domain pairs.
 
-``python -m warpadapt.data export --pair NAME --domain source|target --split train|val --n N --out DIR``
-writes Cityscapes-style PNGs and a COCO json::
+``python -m warpadapt.data export --pair NAME [--domain source|target] --split train|val|test --n N --out DIR``
+writes Cityscapes-style PNGs and a COCO json, for one domain or (without ``--domain``) both::
 
     DIR/leftImg8bit/<split>/<pair>_<domain>/<stem>_leftImg8bit.png            RGB
     DIR/gtFine/<split>/<pair>_<domain>/<stem>_gtFine_labelTrainIds.png        uint8 train ids, 255 ignore
@@ -40,11 +40,13 @@ def _positive(name):
 
 
 def _size(v):
+    """``--size``: ``HxW`` (or ``H,W``; one number ``n`` means ``n x n``), each >= 16."""
+    from warpadapt._utils import as_size
     try:
-        h, w = (int(x) for x in v.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size: expected HxW such as 256x512, got {v!r}")
-    return h, w
+        parts = tuple(int(x) for x in v.lower().replace(",", "x").split("x"))
+        return as_size(parts[0] if len(parts) == 1 else parts, "--size", minimum=16)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"--size: expected HxW such as 256x512 (H, W >= 16), got {v!r}") from None
 
 
 def export(pair: str, domain: str, split: str, n: int, out: str, size=None, start: int = 0,
@@ -121,11 +123,12 @@ def preview(out: str, pairs=None, n: int = 2, size=(256, 512), seed_index: int =
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from warpadapt.data.pairs import list_pairs, render_pair_sample
     from warpadapt.data.labels import DETECTION_CLASSES
+    from warpadapt.data.pairs import list_pairs, render_pair_sample
+    from warpadapt.viz import show_boxes
 
     pairs = list(pairs or list_pairs())
-    colors = plt.get_cmap("tab10")
+    colors = plt.get_cmap("tab10")  # show_boxes colours label k with tab10 colour k - 1
     H, W = size
     fig, axes = plt.subplots(len(pairs) * n, 2, figsize=(2 * W / 80, len(pairs) * n * H / 80 + 0.3),
                              squeeze=False)
@@ -134,13 +137,8 @@ def preview(out: str, pairs=None, n: int = 2, size=(256, 512), seed_index: int =
             idx = seed_index + pi * n + j
             scenes = render_pair_sample(name, idx, size=size)
             for k, (s, dom) in enumerate(zip(scenes, ("source", "target"))):
-                ax = axes[pi * n + j, k]
-                ax.imshow(np.clip(s["image"], 0, 1))
-                for b, lab in zip(s["boxes"], s["labels"]):
-                    ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=0.8,
-                                           ec=colors(int(lab) - 1)))
+                ax = show_boxes(s["image"], s["boxes"], s["labels"], ax=axes[pi * n + j, k], linewidth=0.8)
                 ax.set_title(f"{name} {dom} #{idx}", fontsize=7)
-                ax.axis("off")
     handles = [Rectangle((0, 0), 1, 1, fill=False, ec=colors(i)) for i in range(len(DETECTION_CLASSES))]
     fig.legend(handles, DETECTION_CLASSES, loc="lower center", ncol=len(DETECTION_CLASSES), fontsize=7)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
@@ -175,9 +173,9 @@ def main(argv=None) -> int:
     from warpadapt.data.pairs import DOMAINS, SPLITS, list_pairs
     ap = argparse.ArgumentParser(prog="python -m warpadapt.data", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("export", help="write a pair/domain/split to disk (PNG + COCO json)")
+    e = sub.add_parser("export", help="write a pair's split (both domains, or --domain) to disk (PNG + COCO json)")
     e.add_argument("--pair", required=True, choices=list_pairs())
-    e.add_argument("--domain", required=True, choices=DOMAINS)
+    e.add_argument("--domain", default=None, choices=DOMAINS, help="default: both domains")
     e.add_argument("--split", required=True, choices=SPLITS)
     e.add_argument("--n", required=True, type=_positive("n"))
     e.add_argument("--out", required=True)
@@ -196,7 +194,8 @@ def main(argv=None) -> int:
     b.add_argument("--style", default="day")
     a = ap.parse_args(argv)
     if a.cmd == "export":
-        print(export(a.pair, a.domain, a.split, a.n, a.out, a.size, a.start))
+        for domain in [a.domain] if a.domain else DOMAINS:
+            print(export(a.pair, domain, a.split, a.n, a.out, a.size, a.start))
     elif a.cmd in ("preview", "show"):
         print(preview(a.out, a.pairs, a.n, a.size, a.index))
     else:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from warpadapt._utils import as_size
 from warpadapt.data.effects import apply_effects
 from warpadapt.data.labels import CLASS_TO_TRAIN_ID, DETECTION_CLASSES
 from warpadapt.data.synthetic import SceneParams, generate_scene, scene_rng
@@ -119,7 +120,7 @@ def pair_scene_seed(seed: int, domain: str, split: str) -> int:
 
 
 def _params(cfg, size=None) -> SceneParams:
-    h, w = (size if size is not None else cfg.image_size)
+    h, w = _size(size) or tuple(int(v) for v in cfg.image_size)
     d = dict(OmegaConf.to_container(cfg.scene, resolve=True) if isinstance(cfg.scene, DictConfig) else cfg.scene)
     d.update(height=int(h), width=int(w))
     return SceneParams.from_dict(d)
@@ -169,14 +170,8 @@ def render_pair_sample(pair, index: int, split: str = "train", size=None) -> tup
 
 
 def _size(size):
-    if size is None:
-        return None
-    if isinstance(size, int):
-        size = (size, 2 * size)
-    size = tuple(int(v) for v in size)
-    if len(size) != 2 or min(size) < 16:
-        raise ValueError(f"size: expected (H, W) with H, W >= 16 (or an int H, W = 2 H), got {size}")
-    return size
+    """Render size ``(H, W)`` (an int ``n`` means ``(n, n)``, see :func:`warpadapt._utils.as_size`), or None."""
+    return None if size is None else as_size(size, "size", minimum=16)
 
 
 class SyntheticDrivingDataset(torch.utils.data.Dataset):
@@ -187,7 +182,7 @@ class SyntheticDrivingDataset(torch.utils.data.Dataset):
         domain: ``"source"`` or ``"target"``; split: ``"train"``, ``"val"`` or ``"test"`` (held out:
             scenes disjoint from train and val; report final numbers on it, tune on val).
         size: ``(H, W)`` render size overriding ``image_size`` (scenes are procedural: rendered
-            directly at that size, boxes in its pixels); an int ``H`` means ``(H, 2 H)``.
+            directly at that size, boxes in its pixels); an int ``n`` means ``(n, n)``.
         length: number of items overriding ``counts[split]``.
 
     Items follow the sample contract: ``image`` float32 (3, H, W) in [0, 1]; ``boxes`` float32
