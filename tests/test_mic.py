@@ -1,0 +1,163 @@
+"""recipes/mic.py (DACS + MIC + Instance-Warp segmentation): modes, outputs, resume, torchrun, errors, warp."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from warpadapt.models import Segmenter
+from warpadapt.modules import SaliencyWarp
+from warpadapt.uda.checkpoint import load_checkpoint
+from warpadapt.uda.logger import read_jsonl
+from warpadapt.wrap import WarpedBackbone
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "mic.py"
+_spec = importlib.util.spec_from_file_location("mic_recipe", RECIPE)
+mic = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mic)
+
+# tiny and fast: 48 x 96 images, 2 images per batch, 4 training scenes per domain, 2 evaluation images
+TINY = ["data.image_size=[48,96]", "data.train_images=4", "train.batch_size=2", "model.embed_dim=16",
+        "eval.max_images=2", "eval.batch_size=2", "eval.pictures=1", "train.warmup_iters=1", "threads=1",
+        "train.log_every=1", "eval.every=100"]
+
+
+def run(out, *overrides, iters=2):
+    return mic.main([f"out_dir={out}", f"train.iters={iters}", "train.schedule_iters=6", *TINY, *overrides])
+
+
+@pytest.mark.parametrize("mode", [
+    [],  # the default: instance warp + ClassMix + MIC
+    ["uda.enabled=false"],
+    ["uda.classmix=false"],
+    ["uda.mic=false"],
+    ["warp.guidance=static", "warp.static_images=3"],
+    ["warp.guidance=geometric"],
+    ["warp.guidance=none"],
+    ["--config", "synthetic_inline"],
+], ids=["default", "source_only", "no_classmix", "no_mic", "static", "geometric", "no_warp", "inline_pair"])
+def test_every_mode_runs_and_writes_outputs(tmp_path, mode):
+    final = run(tmp_path, *mode)
+    for name in ("config.yaml", "metrics.jsonl", "final.json", "curves.png", "predictions.png", "checkpoints/last.pt"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "final.json").read_text())
+    assert saved["iters"] == 2 and saved["seconds_per_iter"] > 0
+    assert 0 <= saved["source_miou"] <= 1 and 0 <= saved["target_miou"] <= 1
+    assert set(saved["target_iou"]) == set(mic.CITYSCAPES_CLASSES)
+    assert saved["target_miou"] == pytest.approx(final["target_miou"])
+    train = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2]
+    uda = "uda.enabled=false" not in mode
+    assert ("loss_mix" in train[-1]) == uda and ("loss_mic" in train[-1]) == (uda and "uda.mic=false" not in mode)
+    assert (tmp_path / "static_prior.npz").is_file() == ("warp.guidance=static" in mode)
+
+
+def test_resume_equals_straight_run(tmp_path):
+    straight, first = tmp_path / "straight", tmp_path / "resumed"
+    a = run(straight, "eval.every=2", iters=6)
+    run(first, "eval.every=2", iters=3)
+    b = run(first, "eval.every=2", "resume=true", iters=6)
+    sa, sb = load_checkpoint(straight / "checkpoints/last.pt"), load_checkpoint(first / "checkpoints/last.pt")
+    assert sa["step"] == sb["step"] == 6
+    for key in ("student", "teacher"):
+        assert sa[key].keys() == sb[key].keys()
+        for name in sa[key]:
+            assert torch.equal(sa[key][name], sb[key][name]), (key, name)
+    for key in ("source_miou", "target_miou", "source_iou", "target_iou"):
+        assert json.dumps(a[key]) == json.dumps(b[key]), key
+    evals = [r["step"] for r in read_jsonl(first / "metrics.jsonl") if r["kind"] == "eval"]
+    assert 6 in evals and 4 in evals
+
+
+def test_lr_schedule_does_not_depend_on_train_iters():
+    cfg = mic.load_config("mic", ["--config", "synthetic_clear2fog", "train.iters=3", "train.schedule_iters=10", "train.warmup_iters=2"])
+    longer = mic.load_config("mic", ["--config", "synthetic_clear2fog", "train.iters=10", "train.schedule_iters=10", "train.warmup_iters=2"])
+    assert [mic.lr_factor(s, cfg.train) for s in range(3)] == [mic.lr_factor(s, longer.train) for s in range(3)]
+    assert mic.lr_factor(0, cfg.train) == 0.5 and mic.lr_factor(10, cfg.train) == 0.0
+
+
+def test_torchrun_two_processes_cpu(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RECIPE),
+           f"out_dir={tmp_path}", "train.iters=2", "device=cpu", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["world_size"] == 2 and final["iters"] == 2
+    assert len(load_checkpoint(tmp_path / "checkpoints/last.pt")["rng"]) == 2  # every rank's RNG state
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (["train.iterz=3"], ValueError, "train.iterz"),
+    (["train.iters=many"], ValueError, "train.iters"),
+    (["warp.guidance=saliency"], ValueError, "warp.guidance"),
+    (["uda.mask_ratio=1.5"], ValueError, "uda.mask_ratio"),
+    (["data.pair=synthetic_day2snow"], ValueError, "data.pair"),
+    (["--config", "cityscapes2acdc_fog"], ValueError, "data.root"),
+    (["--config", "cityscapes2acdc_fog", "data.root=/nonexistent/data"], FileNotFoundError, "/nonexistent/data/cityscapes"),
+    (["model.backbone=resnet_nope"], ValueError, "resnet_nope"),
+])
+def test_bad_config_gives_a_clear_error(tmp_path, args, error, match):
+    with pytest.raises(error, match=match):
+        mic.main([f"out_dir={tmp_path}", *TINY, *args])
+
+
+def test_only_source_images_are_warped(tmp_path, monkeypatch):
+    """Record every segmenter call, what its timm backbone received and what the warp produced."""
+    calls, phase = [], ["train"]
+    seg_forward, backbone_run, warp_forward = Segmenter.forward, WarpedBackbone._run, SaliencyWarp.forward
+
+    def spy_segmenter(self, images, boxes=None):
+        calls.append(dict(phase=phase[0], teacher=not self.training, images=images.detach().clone(),
+                          expected=self.normalize(images).detach().clone(), boxes=boxes, backbone_in=None, warped=None))
+        return seg_forward(self, images, boxes)
+
+    def spy_run(self, images, **kwargs):
+        calls[-1]["backbone_in"] = images.detach().clone()
+        return backbone_run(self, images, **kwargs)
+
+    def spy_warp(self, images, boxes=None):
+        warped, w = warp_forward(self, images, boxes)
+        calls[-1]["warped"] = warped.detach().clone()
+        return warped, w
+
+    evaluate = mic.evaluate
+
+    def spy_evaluate(*args, **kwargs):
+        phase[0] = "eval"
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "forward", spy_segmenter)
+    monkeypatch.setattr(WarpedBackbone, "_run", spy_run)
+    monkeypatch.setattr(SaliencyWarp, "forward", spy_warp)
+    monkeypatch.setattr(mic, "evaluate", spy_evaluate)
+    run(tmp_path, "data.image_size=[64,128]", iters=3)
+
+    train = [c for c in calls if c["phase"] == "train"]
+    assert len(train) == 3 * 4  # per iteration: source, teacher on target, ClassMix, MIC
+    for it in range(3):
+        src, teacher, mixed, masked = train[4 * it: 4 * it + 4]
+        # source: warped with its label boxes (objects present), features of the warped image
+        assert src["boxes"] is not None and sum(len(b) for b in src["boxes"]) > 0 and not src["teacher"]
+        assert src["warped"] is not None and torch.equal(src["backbone_in"], src["warped"])
+        assert not torch.allclose(src["backbone_in"], src["expected"], atol=1e-3)
+        # teacher, mixed and masked images: the backbone sees exactly the (normalised) image
+        assert teacher["teacher"] and not mixed["teacher"] and not masked["teacher"]
+        for c in (teacher, mixed, masked):
+            assert c["boxes"] is None and c["warped"] is None
+            assert torch.equal(c["backbone_in"], c["expected"])
+        assert not torch.equal(teacher["images"], src["images"])
+        assert (masked["images"] == 0).all(1).float().mean() > 0.3  # MIC masked ~70 % of the patches
+    evals = [c for c in calls if c["phase"] == "eval"]
+    assert evals and all(c["warped"] is None and torch.equal(c["backbone_in"], c["expected"]) for c in evals)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "vit_tiny_patch16_224", "convnext_atto"])
+def test_other_backbones(tmp_path, backbone):
+    final = run(tmp_path, f"model.backbone={backbone}", "data.image_size=[32,64]", iters=1)
+    assert final["iters"] == 1 and 0 <= final["target_miou"] <= 1
