@@ -19,8 +19,8 @@ _LAZY = {
     **dict.fromkeys(("apply_effects", "get_effect", "list_effects", "register_effect"), "effects"),
     **dict.fromkeys(("SyntheticDrivingDataset", "collate", "get_pair", "list_pairs", "pair_scene_seed",
                      "render_pair_sample"), "pairs"),
-    **dict.fromkeys(("BDD100KDetection", "CocoDetection", "CityscapesSegmentation", "label_ids_to_train_ids"),
-                    "readers"),
+    **dict.fromkeys(("BDD100KDetection", "CocoDetection"), "detection_readers"),
+    **dict.fromkeys(("CityscapesSegmentation", "label_ids_to_train_ids"), "segmentation_readers"),
 }
 
 __all__ = sorted(_LAZY)
