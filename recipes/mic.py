@@ -9,14 +9,14 @@
 Every iteration (ALGORITHM.md sections 5 and 7):
   (a) source cross-entropy on the WARPED source forward, boxes from the source label maps;
   (b) the EMA teacher labels the plain target image (never warped): argmax pseudo-labels and ONE
-      weight q = share of pixels whose max probability >= uda.pseudo_threshold;
+      weight q = share of pixels whose max probability >= uda.threshold;
   (c) ClassMix: half of the classes of each source image pasted onto a target image, labels and
       weights mixed alike, colour jitter + blur, weighted cross-entropy (the mixed image is not warped);
   (d) MIC: the colour-augmented target masked in square patches, trained against the same
       pseudo-labels and q (not warped);
-  (e) optimiser step, then teacher <- EMA of the student, alpha_t = min(1 - 1/(t+1), uda.alpha);
+  (e) optimiser step, then teacher <- EMA of the student, alpha_t = min(1 - 1/(t+1), uda.ema_keep_rate);
   (f) log, evaluate (student, no warp), checkpoint.
-Outputs in out_dir: config.yaml, metrics.jsonl, curves.png, checkpoints/last.pt, final.json,
+Outputs in out_dir: config.yaml, metrics.jsonl, curves.png, last.pt (checkpoint), final.json,
 predictions.png (target images | labels | predictions), static_prior.npz (warp.guidance=static).
 
 The learning-rate schedule runs over train.schedule_iters, not train.iters: train.iters only says
@@ -52,24 +52,26 @@ NUM_CLASSES = len(CITYSCAPES_CLASSES)  # the 19 Cityscapes train ids
 
 def check(cfg) -> None:
     """Reject bad values early, naming the key (unknown keys and wrong types: load_config)."""
-    check_choice(cfg, "data.kind", ("synthetic", "folders"))
-    if cfg.data.kind == "synthetic":
-        check_choice(cfg, "data.pair", list_pairs() + ["inline"])
-    elif cfg.data.root is None:
-        raise ValueError("config: data.root: data.kind=folders needs data.root=<folder holding "
+    check_choice(cfg, "data.pair", list_pairs() + ["inline", "folders"])
+    if cfg.data.pair == "folders" and cfg.data.root is None:
+        raise ValueError("config: data.root: data.pair=folders reads dataset folders; pass data.root=<folder holding "
                          f"{cfg.data.source.dir!r} and {cfg.data.target.dir!r}>")
+    check_choice(cfg, "eval.target_split", ("val", "test"))
+    if cfg.data.pair == "folders" and cfg.eval.target_split != "val":
+        raise ValueError("config: eval.target_split: dataset folders are evaluated on data.target.val_split; use val")
     check_choice(cfg, "warp.guidance", ("instance", "static", "geometric", "none"))
     check_choice(cfg, "warp.classes", tuple(GUIDANCE_TRAIN_IDS))
     size = cfg.data.image_size
     if len(size) != 2 or not all(isinstance(v, int) and v >= 32 for v in size):
         raise ValueError(f"config: data.image_size: expected [H, W] with ints >= 32, got {list(size)}")
-    for key in ("train.iters", "train.schedule_iters", "train.batch_size", "train.log_every", "eval.every",
-                "eval.max_images", "eval.batch_size", "uda.mask_patch", "data.train_images", "warp.static_images"):
+    for key in ("train.iters", "train.schedule_iters", "train.batch_size", "train.log_every", "eval.max_images",
+                "eval.batch_size", "uda.mask_patch", "data.train_images", "data.val_images", "warp.prior_images"):
         check_range(cfg, key, 1, integer=True)
+    for key in ("train.warmup", "eval.every", "eval.pictures", "threads", "data.workers"):
+        check_range(cfg, key, 0, integer=True)
     for key in ("train.lr", "train.head_lr_mult"):
         check_range(cfg, key, 1e-12)
-    check_range(cfg, "train.warmup_iters", 0, integer=True)
-    for key in ("uda.alpha", "uda.pseudo_threshold", "uda.mask_ratio", "uda.color_jitter_p", "uda.blur_p"):
+    for key in ("uda.ema_keep_rate", "uda.threshold", "uda.mask_ratio", "uda.color_jitter_p", "uda.blur_p"):
         check_range(cfg, key, 0.0, 1.0)
 
 
@@ -122,11 +124,11 @@ def collate(items):
 def build_datasets(cfg):
     """(source train, target train, source val, target val), prepared at data.image_size."""
     d, size = cfg.data, tuple(cfg.data.image_size)
-    if d.kind == "synthetic":
-        pair = get_pair(OmegaConf.to_container(d.synthetic) if d.pair == "inline" else d.pair)
+    if d.pair != "folders":
+        pair = get_pair(OmegaConf.to_container(d.inline) if d.pair == "inline" else d.pair)
         raw = [SyntheticDrivingDataset(pair, dom, split, size=size, length=n)
                for dom, split, n in (("source", "train", d.train_images), ("target", "train", d.train_images),
-                                     ("source", "val", None), ("target", "val", None))]
+                                     ("source", "val", d.val_images), ("target", cfg.eval.target_split, d.val_images))]
     else:
         def read(dom, split_key, labels=True):
             c = d[dom]
@@ -142,9 +144,9 @@ def static_prior(cfg, source_train, out: Path, info):
     path = out / "static_prior.npz"
     if path.is_file():
         return load_prior(path)
-    n = min(cfg.warp.static_images, len(source_train))
+    n = min(cfg.warp.prior_images, len(source_train))
     prior = fit_static_prior((source_train[i]["boxes"] for i in range(n)), tuple(cfg.data.image_size),
-                             tuple(cfg.warp.grid_size), cfg.warp.bandwidth_scale)
+                             tuple(cfg.warp.grid_size), cfg.warp.bandwidth_scale, cfg.warp.amplitude_scale)
     if info.is_main:
         save_prior(path, prior, images=n)
     return prior
@@ -157,18 +159,19 @@ def weighted_ce(logits, labels, weight):
 
 
 def lr_factor(step: int, t) -> float:
-    """Linear warm-up over train.warmup_iters, then poly decay to 0 at train.schedule_iters."""
-    warm = min(1.0, (step + 1) / t.warmup_iters) if t.warmup_iters > 0 else 1.0
+    """Linear warm-up over train.warmup iterations, then poly decay to 0 at train.schedule_iters."""
+    warm = min(1.0, (step + 1) / t.warmup) if t.warmup > 0 else 1.0
     return warm * (1.0 - min(step, t.schedule_iters) / t.schedule_iters) ** t.poly_power
 
 
 def evaluate(model, val_sets, cfg, info) -> dict:
-    """Source and target mIoU (and per-class IoU by name) of ``model`` in eval mode: nothing warped."""
-    out = {}
+    """Source and target mIoU, thing-class mIoU and per-class IoU of ``model`` in eval mode (nothing warped)."""
+    out, things = {}, list(guidance_train_ids(cfg.warp.classes))
     for name, ds in zip(("source", "target"), val_sets):
         r = evaluate_segmentation(unwrap(model), ds, NUM_CLASSES, device=info.device, batch_size=cfg.eval.batch_size,
                                   max_images=cfg.eval.max_images, info=info)
         out[f"{name}_miou"] = r["miou"]
+        out[f"{name}_thing_miou"] = float(r["iou"][things].nanmean())  # the objects the warp zooms on
         out[f"{name}_iou"] = dict(zip(CITYSCAPES_CLASSES, r["iou"].tolist()))
     return out
 
@@ -206,7 +209,8 @@ def main(argv=None) -> dict:
 
     # 2. set-up: torchrun's environment, threads, seeds, output folder
     info = setup_distributed(cfg.device)
-    torch.set_num_threads(cfg.threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     if info.is_main:
         save_config(cfg, out)
@@ -220,7 +224,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = Segmenter(cfg.model.backbone, NUM_CLASSES, cfg.model.out_indices, cfg.model.pretrained_file,
                       cfg.model.embed_dim, cfg.model.dropout, cfg.warp.guidance, fwhm=cfg.warp.fwhm,
-                      bandwidth_scale=cfg.warp.bandwidth_scale, grid_size=tuple(cfg.warp.grid_size),
+                      bandwidth_scale=cfg.warp.bandwidth_scale, amplitude_scale=cfg.warp.amplitude_scale, grid_size=tuple(cfg.warp.grid_size),
                       **({"prior": prior} if prior is not None else {})).to(dev).train()
     teacher = EMATeacher(model)
     student = wrap_ddp(model, info)
@@ -230,7 +234,7 @@ def main(argv=None) -> dict:
     gen = torch.Generator().manual_seed(t.seed + 1000 * info.rank)  # ClassMix, MIC masks, colour jitter
 
     # 5. resume: the last checkpoint in out_dir, if asked (and present)
-    ckpt, start = out / "checkpoints" / "last.pt", 0
+    ckpt, start = out / "last.pt", 0
     if cfg.resume and ckpt.is_file():
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["student"])
@@ -253,9 +257,9 @@ def main(argv=None) -> dict:
 
     logger = MetricsLogger(out, enabled=info.is_main, resume_step=start if start else None)
     src_it = infinite_loader(src_train, t.batch_size, seed=t.seed, info=info, start_step=start,
-                             collate_fn=collate, num_workers=cfg.data.num_workers)
+                             collate_fn=collate, num_workers=cfg.data.workers)
     tgt_it = infinite_loader(tgt_train, t.batch_size, seed=t.seed + 1, info=info, start_step=start,
-                             collate_fn=collate, num_workers=cfg.data.num_workers)
+                             collate_fn=collate, num_workers=cfg.data.workers)
     aug = dict(jitter=u.color_jitter, jitter_p=u.color_jitter_p, blur_p=u.blur_p)
 
     # 6. the loop
@@ -280,7 +284,7 @@ def main(argv=None) -> dict:
             # (b) teacher pseudo-labels on the plain target image (no boxes: no warp), scalar weight q
             with torch.no_grad():
                 confidence, pseudo = teacher(x_t).softmax(1).max(1)
-            q = (confidence >= u.pseudo_threshold).float().mean()
+            q = (confidence >= u.threshold).float().mean()
             w_t = q.expand_as(confidence)
 
             # (c) ClassMix: source pixels of half of its classes onto the target; colour jitter + blur
@@ -302,7 +306,7 @@ def main(argv=None) -> dict:
 
         # (e) step, then the EMA teacher with the DACS schedule
         opt.step()
-        teacher.update(model, dacs_keep_rate(step, u.alpha))
+        teacher.update(model, dacs_keep_rate(step, u.ema_keep_rate))
         train_seconds += time.perf_counter() - tic
 
         # (f) log / evaluate / checkpoint
@@ -310,7 +314,7 @@ def main(argv=None) -> dict:
         if done % t.log_every == 0 or done == t.iters:
             logger.log(done, "train", lr=opt.param_groups[0]["lr"], **logs)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
-        if done % cfg.eval.every == 0 and done < t.iters:
+        if cfg.eval.every and done % cfg.eval.every == 0 and done < t.iters:
             checkpoint(done)
             metrics = evaluate(student, (src_val, tgt_val), cfg, info)
             logger.log(done, "eval", source_miou=metrics["source_miou"], target_miou=metrics["target_miou"])

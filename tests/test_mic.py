@@ -23,7 +23,7 @@ _spec.loader.exec_module(mic)
 
 # tiny and fast: 48 x 96 images, 2 images per batch, 4 training scenes per domain, 2 evaluation images
 TINY = ["data.image_size=[48,96]", "data.train_images=4", "train.batch_size=2", "model.embed_dim=16",
-        "eval.max_images=2", "eval.batch_size=2", "eval.pictures=1", "train.warmup_iters=1", "threads=1",
+        "eval.max_images=2", "eval.batch_size=2", "eval.pictures=1", "train.warmup=1", "threads=1",
         "train.log_every=1", "eval.every=100"]
 
 
@@ -36,14 +36,14 @@ def run(out, *overrides, iters=2):
     ["uda.enabled=false"],
     ["uda.classmix=false"],
     ["uda.mic=false"],
-    ["warp.guidance=static", "warp.static_images=3"],
+    ["warp.guidance=static", "warp.prior_images=3"],
     ["warp.guidance=geometric"],
     ["warp.guidance=none"],
     ["--config", "synthetic_inline"],
 ], ids=["default", "source_only", "no_classmix", "no_mic", "static", "geometric", "no_warp", "inline_pair"])
 def test_every_mode_runs_and_writes_outputs(tmp_path, mode):
     final = run(tmp_path, *mode)
-    for name in ("config.yaml", "metrics.jsonl", "final.json", "curves.png", "predictions.png", "checkpoints/last.pt"):
+    for name in ("config.yaml", "metrics.jsonl", "final.json", "curves.png", "predictions.png", "last.pt"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "final.json").read_text())
     assert saved["iters"] == 2 and saved["seconds_per_iter"] > 0
@@ -62,7 +62,7 @@ def test_resume_equals_straight_run(tmp_path):
     a = run(straight, "eval.every=2", iters=6)
     run(first, "eval.every=2", iters=3)
     b = run(first, "eval.every=2", "resume=true", iters=6)
-    sa, sb = load_checkpoint(straight / "checkpoints/last.pt"), load_checkpoint(first / "checkpoints/last.pt")
+    sa, sb = load_checkpoint(straight / "last.pt"), load_checkpoint(first / "last.pt")
     assert sa["step"] == sb["step"] == 6
     for key in ("student", "teacher"):
         assert sa[key].keys() == sb[key].keys()
@@ -75,8 +75,8 @@ def test_resume_equals_straight_run(tmp_path):
 
 
 def test_lr_schedule_does_not_depend_on_train_iters():
-    cfg = mic.load_config("mic", ["--config", "synthetic_clear2fog", "train.iters=3", "train.schedule_iters=10", "train.warmup_iters=2"])
-    longer = mic.load_config("mic", ["--config", "synthetic_clear2fog", "train.iters=10", "train.schedule_iters=10", "train.warmup_iters=2"])
+    cfg = mic.load_config("mic", ["--config", "synthetic_clear2fog", "train.iters=3", "train.schedule_iters=10", "train.warmup=2"])
+    longer = mic.load_config("mic", ["--config", "synthetic_clear2fog", "train.iters=10", "train.schedule_iters=10", "train.warmup=2"])
     assert [mic.lr_factor(s, cfg.train) for s in range(3)] == [mic.lr_factor(s, longer.train) for s in range(3)]
     assert mic.lr_factor(0, cfg.train) == 0.5 and mic.lr_factor(10, cfg.train) == 0.0
 
@@ -89,7 +89,7 @@ def test_torchrun_two_processes_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["world_size"] == 2 and final["iters"] == 2
-    assert len(load_checkpoint(tmp_path / "checkpoints/last.pt")["rng"]) == 2  # every rank's RNG state
+    assert len(load_checkpoint(tmp_path / "last.pt")["rng"]) == 2  # every rank's RNG state
 
 
 @pytest.mark.parametrize("args, error, match", [
