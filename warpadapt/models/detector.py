@@ -257,23 +257,26 @@ class Detector(FasterRCNN):
         if roi_loss:
             loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, reg_targets)
             losses = dict(losses, loss_classifier=loss_cls, loss_box_reg=loss_box)
-        else:  # keep every parameter in the graph (DDP), contributing nothing
-            losses = dict(losses, loss_unused=0.0 * box_regression.sum())
         return DetectorOutput(losses, proposals, labels, class_logits, images)
 
     @torch.no_grad()
-    def detect(self, images) -> list[dict]:
-        """Detections (eval path, no warp) in the input images' pixels."""
+    def detect(self, images, return_features: bool = False):
+        """Detections (eval path, never warped) in the input images' pixels.
+
+        With ``return_features=True`` returns ``(detections, image_list, features)`` so a teacher can
+        re-score proposals (:meth:`rescore`) without a second backbone pass on the same images."""
         sizes = [tuple(img.shape[-2:]) for img in images]
         il, _ = self.transform(list(images))
         feats = self.backbone(il.tensors)
         proposals, _ = self.rpn(il, feats)
         dets, _ = self.roi_heads(feats, proposals, il.image_sizes)
-        return self.transform.postprocess(dets, il.image_sizes, sizes)
+        dets = self.transform.postprocess(dets, il.image_sizes, sizes)
+        return (dets, il, feats) if return_features else dets
 
-    def rescore(self, images: ImageList, proposals: list[Tensor]) -> Tensor:
+    def rescore(self, images: ImageList, proposals: list[Tensor], features=None) -> Tensor:
         """Class logits (sum P_i, K + 1) of this model's RoI box head for ``proposals`` over its own
-        (never warped) features of ``images`` (an :class:`ImageList` from a training forward)."""
-        feats = self.backbone(images.tensors)
+        (never warped) features of ``images`` (an :class:`ImageList` from a training forward);
+        ``features``: this model's features of the same images (from ``detect(..., return_features=True)``)."""
+        feats = self.backbone(images.tensors) if features is None else features
         box_feats = self.roi_heads.box_head(self.roi_heads.box_roi_pool(feats, proposals, images.image_sizes))
         return self.roi_heads.box_predictor(box_feats)[0]

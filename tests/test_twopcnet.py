@@ -1,0 +1,191 @@
+"""recipes/twopcnet.py: every mode runs and writes its outputs, resume is exact, torchrun works, bad
+configs fail naming the key, and only the labelled source forward is warped.
+
+Runs are in-process (the recipe's ``main(argv)``) at 32 x 64 with a few iterations. The atomic
+checkpoint under SIGKILL is tested in tests/test_uda.py (test_checkpoint_sigkill_mid_write_keeps_previous).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import warpadapt.models.detector as detector_mod
+from warpadapt.modules import SaliencyWarp
+from warpadapt.uda.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "twopcnet.py"
+TINY = ["data.image_size=[32,64]", "data.train_images=16", "data.val_images=2", "eval.max_images=2",
+        "eval.every=0", "train.batch_size=2", "train.iters=3", "train.burn_in=1", "train.warmup=2",
+        "model.out_indices=[2,3]", "model.rpn_batch_size=32", "model.roi_batch_size=32",
+        "train.log_every=1", "threads=2", "warp.prior_images=8"]
+FINAL_KEYS = {"source_map50", "target_map50", "target_ap_small", "target_ap_medium", "target_ap_large",
+              "target_ap50_per_class", "seconds_per_iter", "iters"}
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("twopcnet_recipe", RECIPE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(tmp_path, *overrides, name="run"):
+    out = tmp_path / name
+    final = _recipe().main(TINY + [f"out_dir={out}", *overrides])
+    return out, final
+
+
+def _check_outputs(out: Path, iters: int):
+    for f in ("config.yaml", "metrics.jsonl", "final.json", "last.pt", "curves.png"):
+        assert (out / f).is_file(), f
+    final = json.loads((out / "final.json").read_text())
+    assert FINAL_KEYS <= set(final) and final["iters"] == iters
+    assert set(final["target_ap50_per_class"]) >= {"car", "person"}
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [iters]
+    assert any("loss_objectness" in r for r in records if r["kind"] == "train")
+    return final, records
+
+
+@pytest.mark.parametrize("overrides", [
+    ["uda.enabled=false"],                                   # source-only
+    ["warp.guidance=none"],                                  # 2PCNet without the warp
+    ["warp.guidance=instance", "warp.stage=always"],
+    ["warp.guidance=instance", "warp.stage=burn_in"],
+    ["warp.guidance=static"],
+    ["warp.guidance=geometric", "uda.nightaug=false"],
+], ids=["source_only", "uda_no_warp", "instance_always", "instance_burn_in", "static", "geometric"])
+def test_modes_run_and_write_outputs(tmp_path, overrides):
+    out, final = run(tmp_path, *overrides)
+    final_file, records = _check_outputs(out, 3)
+    uda = "uda.enabled=false" not in overrides
+    assert final_file["evaluated"] == ("teacher" if uda else "student")
+    adapt = [r for r in records if r["kind"] == "train" and "loss_consistency" in r]
+    assert len(adapt) == (2 if uda else 0)  # iterations 2 and 3 adapt (burn_in = 1)
+    if "warp.guidance=static" in overrides:
+        assert (out / "static_prior.npz").is_file()
+
+
+def test_resume_gives_identical_weights_and_metrics(tmp_path):
+    common = ["train.iters=6", "train.burn_in=2", "train.lr_steps=[4]"]
+    a, fa = run(tmp_path, *common, name="straight")
+    b, _ = run(tmp_path, *common[1:], "train.iters=3", name="split")
+    b, fb = run(tmp_path, *common, "resume=true", name="split")
+    ca, cb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert ca["iteration"] == cb["iteration"] == 6
+    for part in ("student", "teacher"):
+        assert ca[part].keys() == cb[part].keys()
+        for k in ca[part]:
+            assert torch.equal(ca[part][k], cb[part][k]), (part, k)
+    drop = {"seconds_per_iter"}
+    assert {k: v for k, v in fa.items() if k not in drop} == {k: v for k, v in fb.items() if k not in drop}
+    steps = [json.loads(x)["step"] for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(6) == 2  # one train + one eval record at 6, no duplicates
+
+
+def test_only_source_images_reach_the_backbone_warped(tmp_path, monkeypatch):
+    """Record every input of the timm model (student AND teacher: the hook is deep-copied) and every
+    SaliencyWarp call: the warps are exactly one per iteration on the source+NightAug batch, the
+    backbone received each warped batch and never its unwarped original, and every other backbone
+    input (teacher pseudo-labels, student target forward, teacher re-scoring, evaluation) is unwarped."""
+    seen, warps = [], []
+    make = detector_mod.create_timm_features
+
+    def recording(*args, **kwargs):
+        model = make(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
+        return model
+
+    forward = SaliencyWarp.forward
+
+    def recording_warp(self, images, boxes=None):
+        warped, w = forward(self, images, boxes)
+        warps.append((images.detach().clone(), warped.detach().clone()))
+        return warped, w
+
+    monkeypatch.setattr(detector_mod, "create_timm_features", recording)
+    monkeypatch.setattr(SaliencyWarp, "forward", recording_warp)
+    run(tmp_path, "warp.stage=always")
+    assert len(warps) == 3  # one warped forward per iteration
+    for original, warped in warps:
+        assert original.shape[0] == 4  # 2 source images + their NightAug copies
+        assert not torch.allclose(original, warped)  # the GT boxes really moved pixels
+        assert any(x.shape == warped.shape and torch.equal(x, warped) for x in seen)
+        assert not any(x.shape == original.shape and torch.equal(x, original) for x in seen)
+    unwarped = [x for x in seen if not any(x.shape == w.shape and torch.equal(x, w) for _, w in warps)]
+    # 2 adaptation iterations x (teacher detections + student target + teacher re-scoring) + 2 eval batches
+    assert len(seen) == 3 + 2 * 3 + 2 and len(unwarped) == 2 * 3 + 2
+    assert all(x.shape[0] == 2 for x in unwarped)  # target batches (2) and eval batches (2 images)
+
+    seen.clear(), warps.clear()
+    run(tmp_path, "warp.stage=burn_in", name="burn_in")  # the authors' variant: burn-in only
+    assert len(warps) == 1
+
+
+@pytest.mark.parametrize("backbone, extra", [
+    ("resnet18", []), ("pvt_v2_b0", ["model.out_indices=null"]),
+    ("vit_tiny_patch16_224", ["model.out_indices=[-1]"]),
+], ids=["resnet", "pvt_v2_b0", "vit"])
+def test_backbones(tmp_path, backbone, extra):
+    out, final = run(tmp_path, f"model.backbone={backbone}", "train.iters=2", *extra)
+    assert (out / "final.json").is_file() and final["iters"] == 2
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.iterz=3", "train.iterz"),
+    ("warp.guidance=fancy", "warp.guidance"),
+    ("warp.stage=never", "warp.stage"),
+    ("train.iters=many", "train.iters"),
+    ("uda.threshold=1.5", "uda.threshold"),
+    ("data.pair=mars", "data.pair"),
+])
+def test_bad_config_names_the_key(tmp_path, override, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        run(tmp_path, override)
+
+
+def test_missing_dataset_names_key_or_layout(tmp_path):
+    with pytest.raises(ValueError, match=r"data\.root"):
+        _recipe().main(["--config", "bdd100k_day2night", f"out_dir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match=r"labels/det_20/det_<split>\.json"):
+        _recipe().main(["--config", "bdd100k_day2night", f"out_dir={tmp_path}", f"data.root={tmp_path / 'nope'}"])
+    with pytest.raises(FileNotFoundError, match="COCO detection json"):
+        _recipe().main(["--config", "coco_pair", f"out_dir={tmp_path}", f"data.root={tmp_path}"])
+
+
+def test_every_config_loads():
+    from warpadapt.uda.config import load_config
+    names = sorted(p.stem for p in (ROOT / "recipes" / "configs" / "twopcnet").glob("*.yaml"))
+    assert {"synthetic_day2night", "synthetic_clear2fog", "synthetic_clear2rain", "synthetic_inline",
+            "bdd100k_day2night", "bdd100k_clear2rainy", "bdd100k_clear2foggy", "coco_pair"} <= set(names)
+    for n in names:
+        cfg = load_config("twopcnet", ["--config", n])
+        assert cfg.warp.guidance == "instance" and cfg.train.iters > cfg.train.burn_in
+
+
+def test_inline_pair_runs(tmp_path):
+    out, final = run(tmp_path, "--config", "synthetic_inline", "train.iters=2")
+    assert final["iters"] == 2
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_torchrun_two_processes_cpu(tmp_path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    out = tmp_path / "ddp"
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(RECIPE), *TINY, "threads=1", f"out_dir={out}",
+           "device=cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((out / "final.json").read_text())
+    assert final["world_size"] == 2 and final["iters"] == 3
