@@ -5,16 +5,25 @@ One meaning everywhere: a size is ``(H, W)``; a single int ``n`` means the squar
 from __future__ import annotations
 
 import numbers
+import operator
 from typing import Any
 
 __all__ = ["as_size", "check_probability"]
+
+
+def _as_int(value: Any) -> int:
+    """``value`` as an int if it is an integer scalar (Python, numpy, 0-d integer tensor), else TypeError."""
+    if isinstance(value, bool) or "bool" in str(getattr(value, "dtype", "")):
+        raise TypeError("a bool is not a size")
+    return operator.index(value)
 
 
 def as_size(size: Any, name: str = "size", minimum: int = 1) -> tuple[int, int]:
     """Parse an image size: ``(H, W)`` from a pair of ints, or ``(n, n)`` from one int ``n``.
 
     Args:
-        size: an int, or a pair (tuple, list, ``torch.Size``, array) of ints.
+        size: an int, or a pair (tuple, list, ``torch.Size``, array) of ints (numpy and 0-d integer
+            tensors count as ints; floats do not, even 64.0).
         name: the argument name used in error messages.
         minimum: the smallest accepted height and width.
 
@@ -22,8 +31,8 @@ def as_size(size: Any, name: str = "size", minimum: int = 1) -> tuple[int, int]:
         ``(H, W)`` as Python ints.
 
     Raises:
-        TypeError: ``size`` is neither an int nor a sequence.
-        ValueError: not two values, not integers, or smaller than ``minimum``.
+        TypeError: ``size`` is not an int or a sequence of ints.
+        ValueError: not two values, or smaller than ``minimum``.
 
     Example:
         >>> as_size(64), as_size((32, 48)), as_size([32, 48])
@@ -34,20 +43,21 @@ def as_size(size: Any, name: str = "size", minimum: int = 1) -> tuple[int, int]:
         ValueError: size must be an int n (meaning (n, n)) or a pair (H, W) of ints >= 16, got (8, 8)
     """
     expected = f"{name} must be an int n (meaning (n, n)) or a pair (H, W) of ints >= {minimum}, got {size!r}"
-    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
-        size = (size, size)
+    try:
+        size = (_as_int(size),) * 2
+    except TypeError:
+        pass
     if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or not hasattr(size, "__getitem__"):
         raise TypeError(expected)
     if len(size) != 2:
         raise ValueError(expected)
-    values = []
-    for v in size:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not float(v).is_integer():
-            raise ValueError(expected)
-        values.append(int(v))
-    if min(values) < minimum:
+    try:
+        h, w = _as_int(size[0]), _as_int(size[1])
+    except TypeError:
+        raise TypeError(expected) from None
+    if min(h, w) < minimum:
         raise ValueError(expected)
-    return values[0], values[1]
+    return h, w
 
 
 def check_probability(p: Any, name: str = "p") -> float:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._utils import as_size  # sizes: (H, W), an int n means (n, n)
 from .data.labels import CITYSCAPES_THING_TRAIN_IDS
 
 __all__ = [
@@ -37,21 +38,11 @@ CITYSCAPES_THING_CLASSES = CITYSCAPES_THING_TRAIN_IDS
 
 
 def _check_grid_size(grid_size: Sequence[int]) -> tuple[int, int]:
-    if not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2:
-        raise TypeError(f"grid_size must be a pair (gh, gw) of ints, got {grid_size!r}")
-    gh, gw = (int(v) for v in grid_size)
-    if gh < 2 or gw < 2:
-        raise ValueError(f"grid_size must be at least (2, 2), got {tuple(grid_size)}")
-    return gh, gw
+    return as_size(grid_size, "grid_size", minimum=2)
 
 
 def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
-    if not isinstance(image_size, (tuple, list, torch.Size)) or len(image_size) != 2:
-        raise TypeError(f"image_size must be a pair (H, W), got {image_size!r}")
-    h, w = (int(v) for v in image_size)
-    if h < 1 or w < 1:
-        raise ValueError(f"image_size must be positive, got {tuple(image_size)}")
-    return h, w
+    return as_size(image_size, "image_size")
 
 
 def pad_boxes(

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._utils import as_size  # sizes: (H, W), an int n means (n, n)
+
 __all__ = [
     "attraction_kernel",
     "marginal_to_map",
@@ -296,18 +298,6 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _size2(size, name: str = "size") -> tuple[int, int]:
-    """(H, W) of positive integers from an int, a pair or a ``torch.Size``; TypeError / ValueError naming ``name``."""
-    if _is_int(size):
-        size = (size, size)
-    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2 or not all(_is_int(v) for v in size):
-        raise TypeError(f"{name} must be an (H, W) pair of integers, got {size!r}")
-    h, w = int(size[0]), int(size[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"{name} must be positive, got {(h, w)}")
-    return h, w
-
-
 @dataclass
 class Warp:
     """A batch of separable warps: two monotone 1-D maps per image.
@@ -411,7 +401,7 @@ class Warp:
                 if bad[4 * i + j]:
                     raise ValueError(f"{name} {msg}")
         if self.image_size is not None:
-            self.image_size = _size2(self.image_size, "image_size")
+            self.image_size = as_size(self.image_size, "image_size")
         return self
 
     # -- construction -------------------------------------------------------------------------
@@ -424,14 +414,14 @@ class Warp:
             >>> w.map_x.tolist()[0]
             [0.0, 0.25, 0.5, 0.75, 1.0]
         """
-        gh, gw = _size2(grid_size, "grid_size")
+        gh, gw = as_size(grid_size, "grid_size")
         if gh < 2 or gw < 2:
             raise ValueError(f"grid_size must be at least (2, 2), got {(gh, gw)}")
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         my = torch.linspace(0, 1, gh, device=device, dtype=dtype).expand(batch_size, gh).clone()
         mx = torch.linspace(0, 1, gw, device=device, dtype=dtype).expand(batch_size, gw).clone()
-        return cls._trusted(my, mx, None if image_size is None else _size2(image_size, "image_size"))
+        return cls._trusted(my, mx, None if image_size is None else as_size(image_size, "image_size"))
 
     @classmethod
     def from_saliency(cls, saliency: Tensor, fwhm: float = 13.0, image_size=None, padding: int | None = None) -> "Warp":
@@ -446,7 +436,7 @@ class Warp:
             True
         """
         my, mx = saliency_to_maps(saliency, fwhm, padding)
-        return cls._trusted(my, mx, None if image_size is None else _size2(image_size, "image_size"))
+        return cls._trusted(my, mx, None if image_size is None else as_size(image_size, "image_size"))
 
     # -- basic properties ---------------------------------------------------------------------
     @property
@@ -519,7 +509,7 @@ class Warp:
             >>> fx.tolist()
             [[0.125, 0.375, 0.625, 0.875]]
         """
-        h, w = _size2(size)
+        h, w = as_size(size)
         cy = pixel_centers(h, self.device, self.map_y.dtype)
         cx = pixel_centers(w, self.device, self.map_x.dtype)
         if inverse:
@@ -585,7 +575,7 @@ class Warp:
             size = self.image_size
         if size is None:
             raise ValueError("size (H, W) is required: this warp was built without an image_size")
-        h, w = _size2(size)
+        h, w = as_size(size)
         what = "(x, y) pixels" if k == 2 else "xyxy pixels"
         if isinstance(data, (list, tuple)):
             if len(data) != self.batch_size:
