@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .saliency import geometric_prior, load_prior, pad_boxes, saliency_from_padded, uniform_saliency
+from .saliency import GRID_SIZE, geometric_prior, load_prior, pad_boxes, saliency_from_padded, uniform_saliency
 from .warp import FWHM_RANGE, Warp, check_fwhm, resample
 
 __all__ = ["GUIDANCES", "OPTION_RANGES", "SaliencyWarp", "FeatureUnwarp", "as_saliency_warp"]
@@ -98,7 +98,7 @@ class SaliencyWarp(nn.Module):
     def __init__(
         self,
         guidance: str = "instance",
-        grid_size: Sequence[int] = (31, 51),
+        grid_size: Sequence[int] = GRID_SIZE,
         fwhm: float = 13.0,
         bandwidth_scale: float = 64.0,
         amplitude_scale: float = 1.0,

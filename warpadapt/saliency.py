@@ -19,6 +19,7 @@ from ._utils import as_size  # sizes: (H, W), an int n means (n, n)
 from .data.labels import CITYSCAPES_THING_TRAIN_IDS
 
 __all__ = [
+    "GRID_SIZE",
     "pad_boxes",
     "instance_saliency",
     "saliency_from_padded",
@@ -35,6 +36,9 @@ __all__ = [
 # The default "thing" classes (Cityscapes train ids 11-18); the vocabulary and the defaults of other
 # kinds of data live in warpadapt.data.labels (guidance_train_ids). CITYSCAPES_THING_CLASSES is the old name.
 CITYSCAPES_THING_CLASSES = CITYSCAPES_THING_TRAIN_IDS
+
+#: Default saliency grid (gh, gw) = (31, 51) nodes, rows x columns (the authors' value); every default uses it.
+GRID_SIZE: tuple[int, int] = (31, 51)
 
 
 def _check_grid_size(grid_size: Sequence[int]) -> tuple[int, int]:
@@ -122,7 +126,7 @@ def instance_marginals(
     boxes: Tensor,
     mask: Tensor,
     image_size: Sequence[int],
-    grid_size: Sequence[int] = (31, 51),
+    grid_size: Sequence[int] = GRID_SIZE,
     bandwidth_scale: float = 64.0,
     amplitude_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -167,7 +171,7 @@ def instance_marginals(
     return gy, gx, weight
 
 
-def uniform_saliency(batch_size: int, grid_size: Sequence[int] = (31, 51), device=None) -> Tensor:
+def uniform_saliency(batch_size: int, grid_size: Sequence[int] = GRID_SIZE, device=None) -> Tensor:
     """A uniform saliency map (B, gh, gw) summing to one: the identity warp.
 
     Example:
@@ -182,7 +186,7 @@ def uniform_saliency(batch_size: int, grid_size: Sequence[int] = (31, 51), devic
 def instance_saliency(
     boxes: Sequence[Tensor] | Tensor,
     image_size: Sequence[int],
-    grid_size: Sequence[int] = (31, 51),
+    grid_size: Sequence[int] = GRID_SIZE,
     bandwidth_scale: float = 64.0,
     amplitude_scale: float = 1.0,
 ) -> Tensor:
@@ -219,7 +223,7 @@ def saliency_from_padded(
     padded: Tensor,
     mask: Tensor,
     image_size: Sequence[int],
-    grid_size: Sequence[int] = (31, 51),
+    grid_size: Sequence[int] = GRID_SIZE,
     bandwidth_scale: float = 64.0,
     amplitude_scale: float = 1.0,
 ) -> Tensor:
@@ -367,7 +371,7 @@ def boxes_from_instance_map(
 def fit_static_prior(
     boxes: Iterable[Tensor],
     image_sizes: Iterable[Sequence[int]] | Sequence[int],
-    grid_size: Sequence[int] = (31, 51),
+    grid_size: Sequence[int] = GRID_SIZE,
     bandwidth_scale: float = 64.0,
     amplitude_scale: float = 1.0,
 ) -> Tensor:
@@ -451,7 +455,7 @@ def load_prior(path: str | Path) -> Tensor:
 
 
 def geometric_prior(
-    grid_size: Sequence[int] = (31, 51),
+    grid_size: Sequence[int] = GRID_SIZE,
     vanishing_point: Sequence[float] | Tensor = (0.5, 0.45),
     sigma: Sequence[float] = (0.22, 0.12),
     floor: float = 0.05,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._utils import as_size  # sizes: (H, W), an int n means (n, n)
+from .saliency import GRID_SIZE
 
 __all__ = [
     "attraction_kernel",
@@ -406,7 +407,7 @@ class Warp:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def identity(cls, batch_size: int, grid_size: Sequence[int] = (31, 51), image_size=None, device=None, dtype=torch.float32) -> "Warp":
+    def identity(cls, batch_size: int, grid_size: Sequence[int] = GRID_SIZE, image_size=None, device=None, dtype=torch.float32) -> "Warp":
         """The identity warp (what an image without boxes gets).
 
         Example:
