@@ -332,7 +332,8 @@ def main(argv=None) -> dict:
         logger.log(t.iters, "eval", source_miou=metrics["source_miou"], target_miou=metrics["target_miou"])
         logger.write_json("final.json", final)
         logger.plot()
-        save_predictions(student, tgt_val, cfg.eval.pictures, out / "predictions.png", dev)
+        if cfg.eval.pictures:
+            save_predictions(student, tgt_val, cfg.eval.pictures, out / "predictions.png", dev)
         print(f"source mIoU {100 * final['source_miou']:.1f}  target mIoU {100 * final['target_miou']:.1f}  "
               f"{final['seconds_per_iter']:.3f} s/iter  -> {out}")
     cleanup_distributed()

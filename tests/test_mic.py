@@ -161,3 +161,73 @@ def test_only_source_images_are_warped(tmp_path, monkeypatch):
 def test_other_backbones(tmp_path, backbone):
     final = run(tmp_path, f"model.backbone={backbone}", "data.image_size=[32,64]", iters=1)
     assert final["iters"] == 1 and 0 <= final["target_miou"] <= 1
+
+
+def _png(path, array):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_dataset_folders_cityscapes_to_acdc(tmp_path):
+    """data.pair=folders reads Cityscapes + ACDC layouts (resized to data.image_size, boxes from instance maps)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    sem = np.zeros((64, 128), np.uint8)
+    sem[:20] = 10
+    sem[40:52, 30:44] = 13  # a car
+    inst = np.zeros((64, 128), np.uint16)
+    inst[40:52, 30:44] = 26000  # Cityscapes label id 26 (car), instance 0
+    for split in ("train", "val"):
+        for k in range(2):
+            stem = f"ulm_{k:06d}_000019"
+            _png(tmp_path / f"cityscapes/leftImg8bit/{split}/ulm/{stem}_leftImg8bit.png", rng.integers(0, 255, (64, 128, 3), np.uint8))
+            _png(tmp_path / f"cityscapes/gtFine/{split}/ulm/{stem}_gtFine_labelTrainIds.png", sem)
+            _png(tmp_path / f"cityscapes/gtFine/{split}/ulm/{stem}_gtFine_instanceIds.png", inst)
+            _png(tmp_path / f"acdc/rgb_anon/fog/{split}/GOPR0475/{stem}_rgb_anon.png", rng.integers(0, 255, (64, 128, 3), np.uint8))
+            _png(tmp_path / f"acdc/gt/fog/{split}/GOPR0475/{stem}_gt_labelTrainIds.png", sem)
+    out = tmp_path / "run"
+    final = mic.main(["--config", "cityscapes2acdc_fog", f"data.root={tmp_path}", f"out_dir={out}", "train.iters=1",
+                      "train.schedule_iters=6", "data.workers=0", "model.backbone=pvt_v2_b0", "uda.mask_patch=8", *TINY])
+    assert final["iters"] == 1 and (out / "final.json").is_file()
+    src = mic.build_datasets(mic.load_config("mic", ["--config", "cityscapes2acdc_fog", f"data.root={tmp_path}", *TINY]))[0]
+    item = src[0]
+    assert item["image"].shape == (3, 48, 96) and item["semantic"].shape == (48, 96)
+    assert item["boxes"].tolist() == [[23.0, 30.0, 33.0, 39.0]]  # the car (label-id instance map), nearest-resized x 0.75
+
+
+def test_classmix_takes_whole_classes_half_of_them_never_ignore():
+    from warpadapt.uda.mix import classmix_masks, mix
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 7, (5, 16, 24), generator=g)
+    labels[:, :2] = 255
+    labels[3] = 4  # one class only: it is taken
+    masks = classmix_masks(labels, torch.Generator().manual_seed(1), num_classes=19)
+    again = classmix_masks(labels, torch.Generator().manual_seed(1), num_classes=19)
+    assert torch.equal(masks, again)
+    for lab, m in zip(labels, masks):
+        present = set(lab[lab != 255].unique().tolist())
+        taken = set(lab[m].unique().tolist())
+        assert taken <= present and len(taken) == (len(present) + 1) // 2
+        assert torch.equal(m, torch.isin(lab, torch.tensor(sorted(taken))))  # whole classes
+        assert not m[lab == 255].any()
+    mixed = mix(masks, labels, torch.full_like(labels, 99))
+    assert torch.equal(mixed[masks], labels[masks]) and (mixed[~masks] == 99).all()
+
+
+def test_patch_mask_and_strong_augment_are_seeded():
+    from warpadapt.uda.mix import patch_mask, strong_augment
+
+    keep = patch_mask(8, (64, 128), 8, 0.7, torch.Generator().manual_seed(0))
+    assert torch.equal(keep, patch_mask(8, (64, 128), 8, 0.7, torch.Generator().manual_seed(0)))
+    assert 0.2 < keep.mean() < 0.4  # 30 % kept
+    assert torch.equal(keep.unfold(2, 8, 8).unfold(3, 8, 8).amin((-1, -2)), keep.unfold(2, 8, 8).unfold(3, 8, 8).amax((-1, -2)))
+    x = torch.rand(6, 3, 32, 32)
+    a = strong_augment(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, strong_augment(x, torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, strong_augment(x, torch.Generator().manual_seed(4)))
+    with pytest.raises(TypeError, match="generator"):
+        strong_augment(x, None)

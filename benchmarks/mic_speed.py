@@ -1,0 +1,63 @@
+"""Seconds per training iteration of recipes/mic.py with and without the warp, and their ratio.
+
+    python benchmarks/mic_speed.py                          # default config, 3 rounds of 30 iterations
+    python benchmarks/mic_speed.py --rounds 5 model.backbone=resnet18 data.image_size=[256,512]
+
+One process runs the recipe's own loop (``recipes/mic.py``'s ``main``) for ``--iters`` iterations with
+``warp.guidance=instance`` and then with ``warp.guidance=none``, alternating, ``--rounds`` times, each
+from a fresh model and otherwise the same command (any ``key=value`` given here is passed on). A
+round's number is the recipe's ``seconds_per_iter`` (``final.json``: the whole iteration, data,
+teacher, ClassMix, MIC, step and EMA included; set-up and evaluation excluded). The table reports
+the best and the median round of each arm and the ratio of the best rounds (on a shared machine the
+best round is the least disturbed one).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("mic_recipe", ROOT / "recipes" / "mic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=30, help="training iterations per round and arm")
+    ap.add_argument("overrides", nargs="*", help="key=value passed to recipes/mic.py")
+    a = ap.parse_args(argv)
+    if a.rounds < 1 or a.iters < 1:
+        ap.error("--rounds and --iters must be >= 1")
+    mic = load_recipe()
+    times: dict[str, list[float]] = {"instance": [], "none": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):
+            for guidance in times:
+                final = mic.main([f"out_dir={tmp}/{guidance}{r}", f"train.iters={a.iters}", "eval.every=0",
+                                  "eval.max_images=1", "eval.pictures=0", "data.train_images=16", *a.overrides,
+                                  f"warp.guidance={guidance}"])
+                times[guidance].append(final["seconds_per_iter"])
+                print(f"round {r}: warp.guidance={guidance}: {final['seconds_per_iter']:.3f} s/iter", flush=True)
+    best = {g: min(v) for g, v in times.items()}
+    print(f"\nrecipes/mic.py {' '.join(a.overrides)} ({a.rounds} rounds x {a.iters} iterations; "
+          f"{platform.machine()}, {platform.python_version()})")
+    print("| warp | best s/iter | median s/iter |\n|---|---|---|")
+    for g, v in times.items():
+        print(f"| {g} | {best[g]:.3f} | {statistics.median(v):.3f} |")
+    ratio = best["instance"] / best["none"]
+    print(f"\nwith / without warp: {ratio:.3f} (best rounds)")
+    return {"times": times, "ratio": ratio}
+
+
+if __name__ == "__main__":
+    main()
