@@ -212,6 +212,20 @@ def test_plain_model_through_forward_intermediates():
     assert final.shape == model.forward_features(x).shape and shapes(inter) == shapes(ref)
 
 
+def test_vit_forward_intermediates_keeps_tokens_and_checks_feature_sizes():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(64, 96), depth=2, embed_dim=48, num_heads=2)
+    wrapped = wrap(model).train()
+    x = torch.rand(2, 3, 64, 96)
+    final, inter = wrapped.forward_intermediates(x, boxes=BOXES2, indices=2)
+    assert final.dim() == 3  # (B, L, C) tokens come back as computed
+    assert shapes(inter) == [(2, 48, 4, 6)] * 2
+    # features handed over in the wrong layout are refused by name, not resampled along the wrong axes
+    _, warp = wrapped.make_warp(x, BOXES2)
+    with pytest.raises(ValueError, match=r"features\[0\] have spatial size \(6, 48\)"):
+        wrapped.unwarp([inter[0].permute(0, 2, 3, 1)], warp)
+
+
 def test_guidance_options_and_forcing():
     model, (h, w) = make("resnet18")
     x = torch.rand(1, 3, h, w)

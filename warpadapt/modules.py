@@ -312,7 +312,7 @@ class FeatureUnwarp(nn.Module):
 def _stride_compatible(feat_size, image_size, slack: int = 2) -> bool:
     """Whether an (h, w) feature map can be a stride of an (H, W) image: the stride intervals
     ``[H / (h + slack), H / (h - slack)]`` and the same for W overlap (feature sizes round differently
-    per model: floor, ceil, padding)."""
+    per model: floor, ceil, padding; a size up to ``slack`` can come from any larger stride)."""
     lo = max(n / (f + slack) for f, n in zip(feat_size, image_size))
-    hi = min(n / max(f - slack, 0.5) for f, n in zip(feat_size, image_size))
+    hi = min(n / (f - slack) if f > slack else math.inf for f, n in zip(feat_size, image_size))
     return lo <= hi

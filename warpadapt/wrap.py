@@ -195,7 +195,7 @@ def wrap(model: nn.Module, guidance: str = "instance", *, mode: str = "auto", me
         mode: "auto" (detect), "features" or "intermediates".
         method: feature resampling, "grid_sample" or "separable".
         **warp_options: passed to :class:`~warpadapt.SaliencyWarp` (grid_size, fwhm, bandwidth_scale,
-            amplitude_scale, prior, vanishing_point, geometric_sigma).
+            amplitude_scale, prior, vanishing_point, geometric_sigma, dtype), range-checked there.
 
     Returns:
         a :class:`WarpedBackbone` with the model's ``feature_info``.
