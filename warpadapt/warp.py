@@ -18,7 +18,6 @@ resolution is asked for; no 2-D inversion is ever needed.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -291,12 +290,6 @@ def resample(x: Tensor, fy: Tensor, fx: Tensor, mode: str = "bilinear", method: 
         grid = torch.stack((gx, gy), dim=-1)
         out = F.grid_sample(xw, grid, mode=mode, padding_mode="border", align_corners=False)
     return out if out.dtype == orig_dtype else out.to(orig_dtype)
-
-
-def _is_int(v) -> bool:
-    if isinstance(v, Tensor):
-        return v.dim() == 0 and not v.is_floating_point() and not v.is_complex() and v.dtype != torch.bool
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 @dataclass
