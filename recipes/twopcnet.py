@@ -84,6 +84,8 @@ def main(argv=None):
                                  ("uda.threshold", 0, 1, False), ("uda.ema_keep_rate", 0, 1, False),
                                  ("uda.consistency_weight", 0, None, False), ("warp.fwhm", 1e-6, None, False)):
         check_range(cfg, key, lo, hi, integer=integer)
+    if len(cfg.data.image_size) != 2 or min(cfg.data.image_size) < 16:
+        raise ValueError(f"config: data.image_size: expected [H, W] with H, W >= 16, got {list(cfg.data.image_size)}")
     out_dir = Path(cfg.out_dir)
     tc, uc = cfg.train, cfg.uda
 

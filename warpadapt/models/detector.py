@@ -34,6 +34,7 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from ..modules import FeatureUnwarp
 from ..wrap import WarpedBackbone, wrap
 
 __all__ = ["Detector", "DetectorOutput", "TimmFPN", "SimplePyramid", "create_timm_features"]
@@ -123,6 +124,7 @@ class TimmFPN(nn.Module):
         strides = list(body.feature_info.reduction())
         self.nhwc = str(getattr(getattr(body.model, "output_fmt", ""), "value", getattr(body.model, "output_fmt", ""))).upper() == "NHWC"
         self.pyramid = None
+        self.unwarp = FeatureUnwarp("NCHW", body.unwarp.method)  # the pyramid's levels are NCHW
         if len(set(strides)) == 1:  # plain ViT: build the levels from the last map
             self.pyramid = SimplePyramid(channels[-1])
             strides = [max(1, int(strides[-1] * s)) for s in self.pyramid.scales]
@@ -146,7 +148,7 @@ class TimmFPN(nn.Module):
                 feats = [f.permute(0, 3, 1, 2) for f in feats]
             feats = self.pyramid(feats)
             if w is not None:
-                feats = self.body.unwarp(feats, w) if not self.nhwc else [self.body.unwarp.__class__("NCHW", self.body.unwarp.method)(f, w) for f in feats]
+                feats = self.unwarp(feats, w)
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
