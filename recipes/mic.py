@@ -185,8 +185,8 @@ def save_predictions(model, ds, n: int, path: Path, device) -> None:
 
     model = unwrap(model)
     items = [ds[i] for i in range(min(n, len(ds)))]
-    was_training, _ = model.training, model.eval()
-    pred = model(torch.stack([it["image"] for it in items]).to(device)).argmax(1).cpu()
+    was_training = model.training
+    pred = model.eval()(torch.stack([it["image"] for it in items]).to(device)).argmax(1).cpu()
     model.train(was_training)
     fig, axes = plt.subplots(len(items), 3, figsize=(9, 1.7 * len(items)), squeeze=False)
     for row, it, p in zip(axes, items, pred):
@@ -222,10 +222,11 @@ def main(argv=None) -> dict:
     # 4. models: student over a wrapped backbone, EMA teacher (never warps: it gets no boxes), AdamW
     prior = static_prior(cfg, src_train, out, info) if cfg.warp.guidance == "static" else None
     torch.manual_seed(t.seed)  # the same initial weights on every rank
+    w = cfg.warp
+    warp_options = dict(fwhm=w.fwhm, bandwidth_scale=w.bandwidth_scale, amplitude_scale=w.amplitude_scale,
+                        grid_size=tuple(w.grid_size), **({"prior": prior} if prior is not None else {}))
     model = Segmenter(cfg.model.backbone, NUM_CLASSES, cfg.model.out_indices, cfg.model.pretrained_file,
-                      cfg.model.embed_dim, cfg.model.dropout, cfg.warp.guidance, fwhm=cfg.warp.fwhm,
-                      bandwidth_scale=cfg.warp.bandwidth_scale, amplitude_scale=cfg.warp.amplitude_scale, grid_size=tuple(cfg.warp.grid_size),
-                      **({"prior": prior} if prior is not None else {})).to(dev).train()
+                      cfg.model.embed_dim, cfg.model.dropout, w.guidance, **warp_options).to(dev).train()
     teacher = EMATeacher(model)
     student = wrap_ddp(model, info)
     opt = torch.optim.AdamW(model.param_groups(t.lr, t.head_lr_mult, t.weight_decay))
@@ -306,7 +307,8 @@ def main(argv=None) -> dict:
 
         # (e) step, then the EMA teacher with the DACS schedule
         opt.step()
-        teacher.update(model, dacs_keep_rate(step, u.ema_keep_rate))
+        if u.enabled:
+            teacher.update(model, dacs_keep_rate(step, u.ema_keep_rate))
         train_seconds += time.perf_counter() - tic
 
         # (f) log / evaluate / checkpoint
@@ -317,7 +319,7 @@ def main(argv=None) -> dict:
         if cfg.eval.every and done % cfg.eval.every == 0 and done < t.iters:
             checkpoint(done)
             metrics = evaluate(student, (src_val, tgt_val), cfg, info)
-            logger.log(done, "eval", source_miou=metrics["source_miou"], target_miou=metrics["target_miou"])
+            logger.log(done, "eval", **{k: v for k, v in metrics.items() if k.endswith("miou")})
             if info.is_main:
                 bar.write(f"step {done}: source mIoU {100 * metrics['source_miou']:.1f}, "
                           f"target mIoU {100 * metrics['target_miou']:.1f}")
@@ -326,10 +328,10 @@ def main(argv=None) -> dict:
     if start < t.iters:
         checkpoint(t.iters)
     metrics = evaluate(student, (src_val, tgt_val), cfg, info)
-    final = {"iters": t.iters, **metrics,
+    final = {"iters": t.iters, "evaluated": "student", **metrics,
              "seconds_per_iter": train_seconds / max(1, t.iters - start), "world_size": info.world_size}
     if info.is_main:
-        logger.log(t.iters, "eval", source_miou=metrics["source_miou"], target_miou=metrics["target_miou"])
+        logger.log(t.iters, "eval", **{k: v for k, v in metrics.items() if k.endswith("miou")})
         logger.write_json("final.json", final)
         logger.plot()
         if cfg.eval.pictures:
