@@ -77,6 +77,7 @@ def main(argv=None):
     cfg = load_config("twopcnet", sys.argv[1:] if argv is None else argv, default="synthetic_day2night")
     check_choice(cfg, "warp.guidance", GUIDANCES)
     check_choice(cfg, "warp.stage", ("burn_in", "always"))
+    check_choice(cfg, "train.optimizer", ("sgd", "adamw"))
     check_choice(cfg, "data.pair", tuple(list_pairs()) + PAIR_KINDS)
     for key, lo, hi, integer in (("train.iters", 1, None, True), ("train.burn_in", 0, None, True),
                                  ("train.batch_size", 1, None, True), ("train.lr", 0, None, False),
@@ -126,7 +127,10 @@ def main(argv=None):
     teacher = EMATeacher(student)
     model = wrap_ddp(student, info)
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    if tc.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     # LR: linear warm-up, then x0.1 at the FIXED iterations train.lr_steps. The schedule does not depend
     # on train.iters, so a run stopped at iteration k and resumed with a larger train.iters follows
     # exactly the same curve as one straight run (a cosine over train.iters would not).
