@@ -143,6 +143,9 @@ def main(argv=None):
     ckpt_path = out_dir / "last.pt"
     if cfg.resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
+        if len(ckpt["rng"]) != info.world_size:
+            raise ValueError(f"resume: {ckpt_path} was written by {len(ckpt['rng'])} processes, this run has "
+                             f"{info.world_size}; resume with the same number (or start a new out_dir)")
         student.load_state_dict(ckpt["student"])
         teacher.load_state_dict(ckpt["teacher"])
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -191,3 +191,23 @@ def test_torchrun_two_processes_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = json.loads((out / "final.json").read_text())
     assert final["world_size"] == 2 and final["iters"] == 3
+
+
+def test_detector_warps_only_in_training_with_boxes():
+    from warpadapt.models import Detector
+    torch.manual_seed(0)
+    det = Detector("resnet18", 3, out_indices=(2, 3), fpn_channels=16, min_size=64, max_size=128,
+                   representation_size=32)
+    imgs = torch.rand(2, 3, 64, 128)
+    tgts = [{"boxes": torch.tensor([[10., 10., 30., 40.]]), "labels": torch.tensor([1])}] * 2
+    il, _ = det.transform(list(imgs))
+    det.train()
+    plain = det.features(il, tgts, warp=False)
+    warped = det.features(il, tgts, warp=True)
+    assert list(plain) == list(warped) and all(plain[k].shape == warped[k].shape for k in plain)
+    assert not torch.allclose(plain["0"], warped["0"])  # warped, then unwarped: not the same features
+    det.eval()
+    assert all(torch.equal(a, b) for a, b in zip(det.features(il, tgts, warp=True).values(), det.backbone(il.tensors).values()))
+    with pytest.raises(ValueError, match="warp"):
+        det(list(imgs), warp=True)
+    assert det.strides == [8, 16, 32]
