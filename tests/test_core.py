@@ -164,14 +164,17 @@ def test_smooth_image_round_trip_psnr():
 
 
 def test_separable_equals_grid_sample():
-    x = torch.randn(2, 5, 24, 40)
     gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, 24, 40, generator=gen)
     warp = Warp.from_saliency(instance_saliency([random_boxes(gen, 3, 24, 40, 2, 10) for _ in range(2)], (24, 40)), 4.0)
+    # the two paths round the sample positions differently (a few float32 steps of the pixel index), which
+    # a noise image with neighbour differences up to ~6 turns into ~1e-5: allow 10 steps of 2^-19 px
+    tol = 10 * 2.0**-19 * float(x.diff(dim=-1).abs().max().maximum(x.diff(dim=-2).abs().max()))
     for inverse in (False, True):
         fy, fx = warp.axes((24, 40), inverse=inverse)
         a = resample(x, fy, fx, method="grid_sample")
         b = resample(x, fy, fx, method="separable")
-        assert (a - b).abs().max() < 1e-5
+        assert (a - b).abs().max() < tol
         ref = F.grid_sample(x, warp.grid((24, 40), inverse), align_corners=False, padding_mode="border")
         assert (a - ref).abs().max() < 1e-6
 

@@ -435,6 +435,12 @@ class Warp:
     # -- basic properties ---------------------------------------------------------------------
     @property
     def batch_size(self) -> int:
+        """Number of images (B).
+
+        Example:
+            >>> Warp.identity(3).batch_size
+            3
+        """
         return self.map_x.shape[0]
 
     @property
@@ -463,7 +469,13 @@ class Warp:
         return Warp._trusted(my, mx, self.image_size)
 
     def detach(self) -> "Warp":
-        """The same warp with maps detached from the autograd graph."""
+        """The same warp with maps detached from the autograd graph.
+
+        Example:
+            >>> s = torch.ones(1, 5, 9, requires_grad=True)
+            >>> Warp.from_saliency(s, fwhm=3.0).detach().map_x.requires_grad
+            False
+        """
         return Warp._trusted(self.map_y.detach(), self.map_x.detach(), self.image_size)
 
     def __getitem__(self, idx) -> "Warp":
