@@ -1,10 +1,11 @@
 """Seconds per training iteration of recipes/mic.py with and without the warp, and their ratio.
 
-    python benchmarks/mic_speed.py                          # default config, 3 rounds of 30 iterations
+    python benchmarks/mic_speed.py                          # default config, 4 rounds of 30 iterations
     python benchmarks/mic_speed.py --rounds 5 model.backbone=resnet18 data.image_size=[256,512]
 
 One process runs the recipe's own loop (``recipes/mic.py``'s ``main``) for ``--iters`` iterations with
-``warp.guidance=instance`` and then with ``warp.guidance=none``, alternating, ``--rounds`` times, each
+``warp.guidance=instance`` and with ``warp.guidance=none``, ``--rounds`` times in ABBA order (instance
+first in even rounds, none first in odd ones, so a drift in the machine's load favours neither), each
 from a fresh model and otherwise the same command (any ``key=value`` given here is passed on). A
 round's number is the recipe's ``seconds_per_iter`` (``final.json``: the whole iteration, data,
 teacher, ClassMix, MIC, step and EMA included; set-up and evaluation excluded). The table reports
@@ -32,7 +33,7 @@ def load_recipe():
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--iters", type=int, default=30, help="training iterations per round and arm")
     ap.add_argument("overrides", nargs="*", help="key=value passed to recipes/mic.py")
     a = ap.parse_args(argv)
@@ -42,7 +43,7 @@ def main(argv=None) -> dict:
     times: dict[str, list[float]] = {"instance": [], "none": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
-            for guidance in times:
+            for guidance in (("instance", "none") if r % 2 == 0 else ("none", "instance")):
                 final = mic.main([f"out_dir={tmp}/{guidance}{r}", f"train.iters={a.iters}", "eval.every=0",
                                   "eval.max_images=1", "eval.pictures=0", "data.train_images=16", *a.overrides,
                                   f"warp.guidance={guidance}"])

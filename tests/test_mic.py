@@ -231,3 +231,12 @@ def test_patch_mask_and_strong_augment_are_seeded():
     assert not torch.equal(a, strong_augment(x, torch.Generator().manual_seed(4)))
     with pytest.raises(TypeError, match="generator"):
         strong_augment(x, None)
+
+
+def test_speed_benchmark_runs_both_arms():
+    spec = importlib.util.spec_from_file_location("mic_speed", ROOT / "benchmarks" / "mic_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--rounds", "1", "--iters", "1", *TINY])
+    assert set(out["times"]) == {"instance", "none"} and all(len(v) == 1 for v in out["times"].values())
+    assert out["ratio"] > 0
