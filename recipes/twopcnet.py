@@ -17,7 +17,6 @@ Outputs in ``out_dir``: config.yaml, metrics.jsonl, curves.png, last.pt, final.j
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from warpadapt.data import BDD100KDetection, CocoDetection, SyntheticDrivingData
 from warpadapt.models import Detector
 from warpadapt.uda.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from warpadapt.uda.config import check_choice, check_range, load_config, save_config
-from warpadapt.uda.dist import barrier, cleanup_distributed, setup_distributed, unwrap, wrap_ddp
+from warpadapt.uda.dist import barrier, cleanup_distributed, setup_distributed, wrap_ddp
 from warpadapt.uda.data import infinite_loader
 from warpadapt.uda.ema import EMATeacher
 from warpadapt.uda.evaluate import evaluate_detection
@@ -58,11 +57,12 @@ def build_datasets(cfg):
     root = Path(d.root)
     if d.pair == "bdd100k":  # one BDD100K folder, the domains picked by attribute filters
         filters = lambda f: {k: v for k, v in f.items() if v is not None}  # noqa: E731
-        sets = [BDD100KDetection(root, split, **filters(dom)) for split in ("train", "val") for dom in (d.source, d.target)]
+        sets = [BDD100KDetection(root, split, **filters(dom))
+                for split in ("train", "val") for dom in (d.source, d.target)]
     else:  # coco: an (image folder, json) per domain and split, relative to data.root
         first = CocoDetection(root / d.source.train_images, root / d.source.train_json)
-        coco = lambda dom, split: CocoDetection(root / dom[f"{split}_images"], root / dom[f"{split}_json"],  # noqa: E731
-                                                classes=first.classes)
+        coco = lambda dom, split: CocoDetection(  # noqa: E731
+            root / dom[f"{split}_images"], root / dom[f"{split}_json"], classes=first.classes)
         sets = [first, coco(d.target, "train"), coco(d.source, "val"), coco(d.target, "val")]
     return (*sets, list(sets[0].classes))
 
@@ -236,6 +236,7 @@ def main(argv=None):
             torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         optimizer.step()
         scheduler.step()
+        loss = loss.detach()
 
         # (e) EMA teacher
         if adapting:
@@ -249,9 +250,9 @@ def main(argv=None):
         lr = optimizer.param_groups[0]["lr"]
         if info.is_main and (step % tc.log_every == 0 or step == tc.iters):
             scalars = {k: float(v.detach()) for k, v in losses.items()}
-            logger.log(step, "train", loss=float(loss.detach()), lr=lr, seconds_per_iter=train_time / n_timed, **scalars)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.2g}", **{k[5:]: f"{v:.3f}" for k, v in
-                                                                          scalars.items() if k.startswith("loss_")})
+            logger.log(step, "train", loss=float(loss), lr=lr, seconds_per_iter=train_time / n_timed, **scalars)
+            shown = {k[5:]: f"{v:.3f}" for k, v in scalars.items() if k.startswith("loss_")}
+            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.2g}", **shown)
         if cfg.eval.every and step % cfg.eval.every == 0 and step < tc.iters:
             res = evaluate(step)
             logger.log(step, "eval", source_map50=res["source_map50"], target_map50=res["target_map50"])

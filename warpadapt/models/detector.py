@@ -122,7 +122,8 @@ class TimmFPN(nn.Module):
         self.body = body
         channels = list(body.feature_info.channels())
         strides = list(body.feature_info.reduction())
-        self.nhwc = str(getattr(getattr(body.model, "output_fmt", ""), "value", getattr(body.model, "output_fmt", ""))).upper() == "NHWC"
+        fmt = getattr(body.model, "output_fmt", "")
+        self.nhwc = str(getattr(fmt, "value", fmt)).upper() == "NHWC"
         self.pyramid = None
         self.unwarp = FeatureUnwarp("NCHW", body.unwarp.method)  # the pyramid's levels are NCHW
         if len(set(strides)) == 1:  # plain ViT: build the levels from the last map

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
+import torch  # noqa: F401  (the examples use it)
 
 __all__ = ["filter_detections"]
 
