@@ -11,6 +11,10 @@ round's number is the recipe's ``seconds_per_iter`` (``final.json``: the whole i
 teacher, ClassMix, MIC, step and EMA included; set-up and evaluation excluded). The table reports
 the best and the median round of each arm and the ratio of the best rounds (on a shared machine the
 best round is the least disturbed one).
+
+``--forward N`` also times what the warp changes, in isolation: the source phase's forward + backward
+of the default model on one source batch of the config, with and without its boxes, interleaved, N
+times each (minimum and median; the difference is the warp's cost per iteration).
 """
 from __future__ import annotations
 
@@ -31,10 +35,39 @@ def load_recipe():
     return module
 
 
+def time_source_phase(mic, overrides, reps: int) -> dict:
+    """Seconds of the source forward + backward with and without the warp, interleaved ``reps`` times."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    cfg = mic.load_config("mic", list(overrides), default=mic.DEFAULT_CONFIG)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    batch = mic.collate([mic.build_datasets(cfg)[0][i] for i in range(cfg.train.batch_size)])
+    net = mic.Segmenter(cfg.model.backbone, mic.NUM_CLASSES, cfg.model.out_indices, None, cfg.model.embed_dim).train()
+
+    def step(boxes):
+        tic = time.perf_counter()
+        F.cross_entropy(net(batch["images"], boxes=boxes), batch["semantic"], ignore_index=255).backward()
+        return time.perf_counter() - tic
+
+    times = {"instance": [], "none": []}
+    for i in range(reps + 3):  # 3 warm-up pairs
+        for arm, boxes in (("instance", batch["boxes"]), ("none", None)):
+            t = step(boxes)
+            if i >= 3:
+                times[arm].append(t)
+    return {arm: (min(v), statistics.median(v)) for arm, v in times.items()}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--iters", type=int, default=30, help="training iterations per round and arm")
+    ap.add_argument("--forward", type=int, default=0, metavar="N",
+                    help="also time the source forward + backward with / without the warp, N times each")
     ap.add_argument("overrides", nargs="*", help="key=value passed to recipes/mic.py")
     a = ap.parse_args(argv)
     if a.rounds < 1 or a.iters < 1:
@@ -57,7 +90,15 @@ def main(argv=None) -> dict:
         print(f"| {g} | {best[g]:.3f} | {statistics.median(v):.3f} |")
     ratio = best["instance"] / best["none"]
     print(f"\nwith / without warp: {ratio:.3f} (best rounds)")
-    return {"times": times, "ratio": ratio}
+    out = {"times": times, "ratio": ratio}
+    if a.forward:
+        phase = time_source_phase(mic, a.overrides, a.forward)
+        added = [phase["instance"][k] - phase["none"][k] for k in (0, 1)]
+        print(f"\nsource forward + backward ({a.forward} interleaved pairs): with warp min {phase['instance'][0]:.4f} / "
+              f"median {phase['instance'][1]:.4f} s, without min {phase['none'][0]:.4f} / median {phase['none'][1]:.4f} s; "
+              f"the warp adds {added[0] * 1000:.1f} ms (min) / {added[1] * 1000:.1f} ms (median) per iteration")
+        out["source_phase"] = phase
+    return out
 
 
 if __name__ == "__main__":

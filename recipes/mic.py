@@ -48,6 +48,7 @@ from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.mix import classmix_masks, mix, patch_mask, strong_augment
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)  # the 19 Cityscapes train ids
+DEFAULT_CONFIG = "synthetic_clear2fog"  # recipes/configs/mic/<name>.yaml when --config is not given
 
 
 def check(cfg) -> None:
@@ -203,7 +204,7 @@ def save_predictions(model, ds, n: int, path: Path, device) -> None:
 # ----------------------------------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     # 1. config: yaml + key=value overrides (unknown keys and wrong types rejected), checked
-    cfg = load_config("mic", sys.argv[1:] if argv is None else argv, default="synthetic_clear2fog")
+    cfg = load_config("mic", sys.argv[1:] if argv is None else argv, default=DEFAULT_CONFIG)
     check(cfg)
     t, u = cfg.train, cfg.uda
 

@@ -237,6 +237,6 @@ def test_speed_benchmark_runs_both_arms():
     spec = importlib.util.spec_from_file_location("mic_speed", ROOT / "benchmarks" / "mic_speed.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    out = bench.main(["--rounds", "1", "--iters", "1", *TINY])
+    out = bench.main(["--rounds", "1", "--iters", "1", "--forward", "1", *TINY])
     assert set(out["times"]) == {"instance", "none"} and all(len(v) == 1 for v in out["times"].values())
-    assert out["ratio"] > 0
+    assert out["ratio"] > 0 and set(out["source_phase"]) == {"instance", "none"}
