@@ -50,7 +50,7 @@ def build_datasets(cfg):
         size = tuple(d.image_size)
         make = lambda dom, split, n: SyntheticDrivingDataset(pair, dom, split, size=size, length=n)  # noqa: E731
         sets = [make("source", "train", d.train_images), make("target", "train", d.train_images),
-                make("source", "val", d.val_images), make("target", "val", d.val_images)]
+                make("source", "val", d.val_images), make("target", cfg.eval.target_split, d.val_images)]
         return (*sets, list(sets[0].classes))
     if d.root is None:
         raise ValueError(f"config: data.root: data.pair={d.pair!r} reads a dataset folder; pass data.root=/path")
@@ -79,6 +79,9 @@ def main(argv=None):
     check_choice(cfg, "warp.stage", ("burn_in", "always"))
     check_choice(cfg, "train.optimizer", ("sgd", "adamw"))
     check_choice(cfg, "data.pair", tuple(list_pairs()) + PAIR_KINDS)
+    check_choice(cfg, "eval.target_split", ("val", "test"))
+    if cfg.data.pair in ("bdd100k", "coco") and cfg.eval.target_split != "val":
+        raise ValueError("config: eval.target_split: dataset folders are evaluated on their val split; use val")
     for key, lo, hi, integer in (("train.iters", 1, None, True), ("train.burn_in", 0, None, True),
                                  ("train.batch_size", 1, None, True), ("train.lr", 0, None, False),
                                  ("train.warmup", 0, None, True), ("eval.every", 0, None, True),
@@ -262,7 +265,9 @@ def main(argv=None):
     # ------------------------------------------------------------------ final evaluation and outputs
     if start < tc.iters:
         save(tc.iters)
+    t_eval = time.perf_counter()
     res = evaluate(tc.iters)
+    t_eval = time.perf_counter() - t_eval
     logger.log(tc.iters, "eval", source_map50=res["source_map50"], target_map50=res["target_map50"])
     tgt, src = res["_tgt"], res["_src"]
     final = {"source_map50": src["mAP50"], "target_map50": tgt["mAP50"], "target_ap": tgt["AP"],
@@ -273,7 +278,8 @@ def main(argv=None):
              "cpu_seconds_per_iter": cpu_time / n_timed if n_timed else math.nan,  # all threads
              "evaluated": "teacher" if uc.enabled and tc.iters > tc.burn_in else "student",
              "guidance": cfg.warp.guidance, "warp_stage": cfg.warp.stage, "uda": bool(uc.enabled),
-             "world_size": info.world_size, "eval_images": cfg.eval.max_images}
+             "world_size": info.world_size, "eval_images": cfg.eval.max_images,
+             "eval_seconds": t_eval, "target_split": cfg.eval.target_split}
     logger.write_json("final.json", final)
     logger.plot()
     if info.is_main:
