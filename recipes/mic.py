@@ -98,7 +98,7 @@ class Prepared(torch.utils.data.Dataset):
             item = self.prepare(self.dataset[i])
             if self.cache is not None:
                 self.cache[i] = item
-        return {**item, "image": item["image"].float() / 255}
+        return {**item, "image": item["image"].float() / 255, "semantic": item["semantic"].long()}
 
     def prepare(self, s):
         image, h, w = s["image"], *self.size
@@ -113,8 +113,8 @@ class Prepared(torch.utils.data.Dataset):
                                                class_of=lambda c: torch.where(c >= 24, label_ids_to_train_ids(c), c))
         else:
             boxes, _ = boxes_from_semantic(labels["semantic"], self.thing_ids)
-        return {"image": (image.clamp(0, 1) * 255).round().to(torch.uint8), "semantic": labels["semantic"].long(),
-                "boxes": boxes}
+        return {"image": (image.clamp(0, 1) * 255).round().to(torch.uint8),  # uint8 in memory, like PNG files
+                "semantic": labels["semantic"].to(torch.uint8), "boxes": boxes}  # train ids and 255 fit in uint8
 
 
 def collate(items):
