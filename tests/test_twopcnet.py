@@ -99,7 +99,7 @@ def test_only_source_images_reach_the_backbone_warped(tmp_path, monkeypatch):
     backbone received each warped batch and never its unwarped original, and every other backbone
     input (teacher pseudo-labels, student target forward, teacher re-scoring, evaluation) is unwarped."""
     seen, warps = [], []
-    make = detector_mod.create_timm_features
+    make = detector_mod.create_backbone
 
     def recording(*args, **kwargs):
         model = make(*args, **kwargs)
@@ -113,7 +113,7 @@ def test_only_source_images_reach_the_backbone_warped(tmp_path, monkeypatch):
         warps.append((images.detach().clone(), warped.detach().clone()))
         return warped, w
 
-    monkeypatch.setattr(detector_mod, "create_timm_features", recording)
+    monkeypatch.setattr(detector_mod, "create_backbone", recording)
     monkeypatch.setattr(SaliencyWarp, "forward", recording_warp)
     run(tmp_path, "warp.stage=always")
     assert len(warps) == 3  # one warped forward per iteration

@@ -1,4 +1,5 @@
 """Models over wrapped timm backbones: a segmenter (all-MLP head) and a detector."""
 
-from .segmenter import AllMLPHead, Segmenter, build_backbone  # noqa: F401
-from .detector import Detector, DetectorOutput, SimplePyramid, TimmFPN, create_timm_features  # noqa: F401
+from .backbone import create_backbone  # noqa: F401
+from .segmenter import AllMLPHead, Segmenter  # noqa: F401
+from .detector import Detector, DetectorOutput, SimplePyramid, TimmFPN  # noqa: F401

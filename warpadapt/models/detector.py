@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
-import timm
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
@@ -36,41 +35,9 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..modules import FeatureUnwarp
 from ..wrap import WarpedBackbone, wrap
+from .backbone import create_backbone
 
-__all__ = ["Detector", "DetectorOutput", "TimmFPN", "SimplePyramid", "create_timm_features"]
-
-
-def create_timm_features(name: str, out_indices=None, pretrained_file: str | None = None, **kwargs) -> nn.Module:
-    """``timm.create_model(name, features_only=True)`` that never downloads.
-
-    Args:
-        name: any timm model name.
-        out_indices: feature levels (timm's ``out_indices``); None = timm's default.
-        pretrained_file: optional local weights file (timm ``pretrained_cfg_overlay=dict(file=...)``).
-        kwargs: passed to ``timm.create_model``.
-
-    Plain ViTs are built with ``dynamic_img_size=True`` so any padded batch size works.
-
-    Example:
-        >>> create_timm_features("resnet18", out_indices=(2, 3)).feature_info.reduction()
-        [8, 16]
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name: expected a timm model name, got {name!r}")
-    if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
-        raise ValueError(f"model.backbone: unknown timm model {name!r} (see timm.list_models())")
-    kw = dict(kwargs, features_only=True, pretrained=pretrained_file is not None)
-    if pretrained_file is not None:
-        kw["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
-    if out_indices is not None:
-        kw["out_indices"] = tuple(int(i) for i in out_indices)
-    model = timm.create_model(name, **kw)
-    if len(set(model.feature_info.reduction())) == 1 and "dynamic_img_size" not in kw:
-        try:  # a plain ViT: rebuild so positional embeddings follow the padded input size
-            model = timm.create_model(name, dynamic_img_size=True, **kw)
-        except TypeError:
-            pass
-    return model
+__all__ = ["Detector", "DetectorOutput", "TimmFPN", "SimplePyramid"]
 
 
 class SimplePyramid(nn.Module):
@@ -108,7 +75,7 @@ class TimmFPN(nn.Module):
     (B, out_channels, H / stride, W / stride) maps; ``strides`` lists each level's stride.
 
     Example:
-        >>> body = wrap(create_timm_features("resnet18", out_indices=(2, 3)))
+        >>> body = wrap(create_backbone("resnet18", out_indices=(2, 3)))
         >>> fpn = TimmFPN(body, 32)
         >>> feats = fpn.train()(torch.rand(2, 3, 64, 96), [torch.tensor([[8., 8., 20., 30.]])] * 2, warp=True)
         >>> list(feats), fpn.strides, tuple(feats["0"].shape)
@@ -220,7 +187,7 @@ class Detector(FasterRCNN):
             raise ValueError(f"num_classes: expected an int >= 2 (foreground classes + background), got {num_classes!r}")
         if not anchor_scale > 0:
             raise ValueError(f"anchor_scale: expected a positive number, got {anchor_scale!r}")
-        body = wrap(create_timm_features(backbone, out_indices, pretrained_file, **(timm_kwargs or {})),
+        body = wrap(create_backbone(backbone, out_indices, pretrained_file, **(timm_kwargs or {})),
                     guidance, **(warp_options or {}))
         neck = TimmFPN(body, fpn_channels)
         levels = [str(i) for i in range(len(neck.strides) - 1)]

@@ -22,76 +22,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..wrap import WarpedBackbone, wrap
+from .backbone import create_backbone
 
-__all__ = ["AllMLPHead", "Segmenter", "build_backbone", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["AllMLPHead", "Segmenter", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def build_backbone(
-    name: str = "pvt_v2_b0",
-    out_indices: Sequence[int] | None = None,
-    pretrained_file: str | None = None,
-    min_reduction: int = 4,
-) -> nn.Module:
-    """A timm ``features_only`` backbone, random init or weights from a local file (nothing downloads).
-
-    Args:
-        name: a timm model name (``timm.list_models()``).
-        out_indices: feature levels to return; None = every level whose stride is at least
-            ``min_reduction`` (pvt_v2 / ConvNeXt: strides 4-32; ResNet: 4-32, the stride-2 stem left
-            out; ViT: timm's default, its last 3 blocks at stride 16).
-        pretrained_file: path of a local timm checkpoint (``pretrained_cfg_overlay=dict(file=...)``).
-        min_reduction: smallest stride kept when ``out_indices`` is None.
-
-    Returns:
-        the timm model (``feature_info`` lists the channels and strides of the returned levels).
-
-    Example:
-        >>> bb = build_backbone("resnet18")
-        >>> bb.feature_info.reduction(), bb.feature_info.channels()
-        ([4, 8, 16, 32], [64, 128, 256, 512])
-    """
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a timm model name (str), got {name!r}")
-    if name not in timm.list_models():
-        raise ValueError(f"name: unknown timm model {name!r} (see timm.list_models())")
-    if pretrained_file is not None and not _is_file(pretrained_file):
-        raise FileNotFoundError(f"pretrained_file not found: {pretrained_file}")
-    kwargs: dict = dict(features_only=True)
-    if pretrained_file:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained_file)))
-    else:
-        kwargs.update(pretrained=False)
-    if out_indices is not None:
-        kwargs["out_indices"] = tuple(int(i) for i in out_indices)
-    try:  # plain ViTs need dynamic_img_size for images other than 224 x 224; CNNs reject the argument
-        model = timm.create_model(name, dynamic_img_size=True, **kwargs)
-    except TypeError as err:
-        if "dynamic_img_size" not in str(err):
-            raise
-        model = timm.create_model(name, **kwargs)
-    if out_indices is None:
-        red = model.feature_info.reduction()
-        keep = [i for i, r in zip(model.feature_info.out_indices, red) if r >= min_reduction]
-        if not keep:
-            raise ValueError(f"{name}: no feature level with stride >= {min_reduction} (strides {red})")
-        if len(keep) < len(red):  # rebuild without the fine levels (the stem is computed anyway)
-            return build_backbone(name, keep, pretrained_file)
-    return model
-
-
-def _is_file(path) -> bool:
-    from pathlib import Path
-
-    return Path(path).is_file()
 
 
 class AllMLPHead(nn.Module):
@@ -144,10 +85,10 @@ class Segmenter(nn.Module):
     """Semantic segmentation over a wrapped timm backbone: ``forward(images, boxes=None) -> logits``.
 
     Args:
-        backbone: a timm model name (built by :func:`build_backbone`) or a timm ``features_only``
+        backbone: a timm model name (built by :func:`~warpadapt.models.backbone.create_backbone`) or a timm ``features_only``
             model.
         num_classes: K (Cityscapes train ids: 19).
-        out_indices: feature levels (None: strides >= 4, see :func:`build_backbone`).
+        out_indices: feature levels (None: strides >= 4, see :func:`~warpadapt.models.backbone.create_backbone`).
         pretrained_file: local timm checkpoint for the backbone (None: random init).
         embed_dim, dropout: of the :class:`AllMLPHead`.
         guidance: warp guidance, "instance", "static", "geometric" or "none" (see :func:`warpadapt.wrap`).
@@ -183,7 +124,7 @@ class Segmenter(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(backbone, str):
-            model = build_backbone(backbone, out_indices, pretrained_file)
+            model = create_backbone(backbone, out_indices, pretrained_file, min_reduction=4)
         elif isinstance(backbone, nn.Module):
             model = backbone
         else:
