@@ -328,9 +328,11 @@ def main(argv=None) -> dict:
     # 7. final checkpoint, evaluation and outputs
     if start < t.iters:
         checkpoint(t.iters)
+    tic = time.perf_counter()
     metrics = evaluate(student, (src_val, tgt_val), cfg, info)
     final = {"iters": t.iters, "evaluated": "student", **metrics,
-             "seconds_per_iter": train_seconds / max(1, t.iters - start), "world_size": info.world_size}
+             "seconds_per_iter": train_seconds / max(1, t.iters - start), "world_size": info.world_size,
+             "eval_seconds": time.perf_counter() - tic, "target_split": cfg.eval.target_split}
     if info.is_main:
         logger.log(t.iters, "eval", **{k: v for k, v in metrics.items() if k.endswith("miou")})
         logger.write_json("final.json", final)

@@ -1,0 +1,270 @@
+"""The adaptation table: every row of the paper's comparison on the synthetic pairs, 3 seeds each.
+
+    python benchmarks/uda_table.py                 # run what is missing, then write docs/RESULTS.md
+    python benchmarks/uda_table.py --report-only   # only rewrite docs/RESULTS.md from results/raw
+    python benchmarks/uda_table.py --tables detection --seeds 0   # a part of it
+    python benchmarks/uda_table.py --quick --out /tmp/q           # tiny runs (the test suite's check)
+
+Each run is one recipe command (``recipes/twopcnet.py`` or ``recipes/mic.py``) with ``train.seed=S``
+and ``eval.target_split=test``: tuning looked only at target ``val``; every number here is on the
+held-out target ``test`` split. A finished run leaves ``<out>/raw/<run>.json`` (the recipe's
+final.json, the exact command, wall time, machine); runs already there are skipped, so the table
+fills over several sittings. Rows are compared per seed against the plain UDA row of the same table
+(same seed = paired).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Row:
+    table: str            # detection | segmentation | intensity | backbones
+    name: str             # row id, unique within its table
+    label: str            # what the table shows
+    recipe: str           # twopcnet | mic
+    config: str           # the pair's config name
+    overrides: tuple = field(default_factory=tuple)
+    baseline: str | None = "uda"   # the row it is paired against (same table, same seed)
+
+
+DET, SEG = ("twopcnet", "synthetic_day2night"), ("mic", "synthetic_clear2fog")
+
+
+def _rows() -> list[Row]:
+    rows = []
+    for recipe, config, table in (DET + ("detection",), SEG + ("segmentation",)):
+        rows += [
+            Row(table, "source_only", "source only", recipe, config, ("uda.enabled=false", "warp.guidance=none"), None),
+            Row(table, "uda", "UDA (no warp)", recipe, config, ("warp.guidance=none",), None),
+            Row(table, "static", "UDA + static prior", recipe, config, ("warp.guidance=static",)),
+            Row(table, "geometric", "UDA + geometric prior", recipe, config, ("warp.guidance=geometric",)),
+        ]
+        if recipe == "twopcnet":
+            rows += [Row(table, "instance_burn_in", "UDA + Instance-Warp (burn-in only)", recipe, config,
+                         ("warp.guidance=instance", "warp.stage=burn_in")),
+                     Row(table, "instance_always", "UDA + Instance-Warp (always)", recipe, config,
+                         ("warp.guidance=instance", "warp.stage=always"))]
+        else:
+            rows.append(Row(table, "instance", "UDA + Instance-Warp", recipe, config, ("warp.guidance=instance",)))
+    # warp intensity on the segmentation pair (FWHM 13 is the instance row itself)
+    for fwhm in (4, 8):
+        rows.append(Row("intensity", f"fwhm{fwhm}", f"Instance-Warp, FWHM {fwhm}", *SEG,
+                        ("warp.guidance=instance", f"warp.fwhm={fwhm}"), None))
+    # backbones on the segmentation pair (pvt_v2_b0 is the default: the segmentation table's rows)
+    for bb in ("resnet18", "vit_tiny_patch16_224"):
+        rows += [Row("backbones", f"{bb}_uda", f"{bb}: UDA (no warp)", *SEG, (f"model.backbone={bb}", "warp.guidance=none"), None),
+                 Row("backbones", f"{bb}_instance", f"{bb}: + Instance-Warp", *SEG,
+                     (f"model.backbone={bb}", "warp.guidance=instance"), f"{bb}_uda")]
+    return rows
+
+
+ROWS = _rows()
+QUICK = {  # tiny runs: they check the pipeline end to end, their numbers mean nothing
+    "twopcnet": ("data.image_size=[32,64]", "data.train_images=16", "data.val_images=2", "eval.max_images=2",
+                 "eval.every=0", "train.batch_size=2", "train.iters=2", "train.burn_in=1", "train.warmup=1",
+                 "model.out_indices=[2,3]", "model.rpn_batch_size=32", "model.roi_batch_size=32", "threads=1",
+                 "warp.prior_images=8"),
+    "mic": ("data.image_size=[48,96]", "data.train_images=4", "data.val_images=2", "train.batch_size=2",
+            "model.embed_dim=16", "eval.max_images=2", "eval.batch_size=2", "eval.pictures=0", "train.iters=2",
+            "train.warmup=1", "eval.every=0", "threads=1", "warp.prior_images=4"),
+}
+
+
+def run_id(row: Row, seed: int) -> str:
+    return f"{row.table}__{row.name}__s{seed}"
+
+
+def command(row: Row, seed: int, run_dir: Path, quick: bool) -> list[str]:
+    cmd = [sys.executable, str(ROOT / "recipes" / f"{row.recipe}.py"), "--config", row.config,
+           *row.overrides, f"train.seed={seed}", "eval.target_split=test", f"out_dir={run_dir}"]
+    return cmd + list(QUICK[row.recipe]) if quick else cmd
+
+
+def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
+    raw = out / "raw" / f"{run_id(row, seed)}.json"
+    if raw.exists():
+        return json.loads(raw.read_text())
+    run_dir = out / "runs" / run_id(row, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = command(row, seed, run_dir, quick)
+    # resume=true: a sitting that was stopped mid-run continues from its last checkpoint
+    cmd.append("resume=true")
+    print(f"[uda_table] {run_id(row, seed)}: {shlex.join(cmd[1:])}", flush=True)
+    t0 = time.time()
+    with open(run_dir / "log.txt", "a") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        print(f"[uda_table] FAILED {run_id(row, seed)} (exit {proc.returncode}); see {run_dir / 'log.txt'}")
+        return None
+    final = json.loads((run_dir / "final.json").read_text())
+    record = {"run": run_id(row, seed), "table": row.table, "row": row.name, "label": row.label,
+              "seed": seed, "recipe": row.recipe, "config": row.config,
+              "command": shlex.join(["python", os.path.relpath(cmd[1], ROOT), *cmd[2:]]),
+              "wall_seconds": round(time.time() - t0, 1), "quick": quick,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+              "final": final}
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    tmp = raw.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, raw)
+    return record
+
+
+# ------------------------------------------------------------------ report
+METRICS = {  # table kind -> (key in final.json, column title, scale)
+    "twopcnet": [("target_map50", "target mAP50", 100), ("target_ap_small", "AP small", 100),
+                 ("target_ap_medium", "AP medium", 100), ("target_ap_large", "AP large", 100),
+                 ("source_map50", "source mAP50", 100)],
+    "mic": [("target_miou", "target mIoU", 100), ("target_thing_miou", "thing mIoU", 100),
+            ("source_miou", "source mIoU", 100)],
+}
+
+
+def _num(v):
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _ms(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (n=1)"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _table(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
+    recipe = rows[0].recipe
+    metrics = METRICS[recipe]
+    head = ["row", "n"] + [m[1] for m in metrics] + [f"Δ {metrics[0][1]} vs baseline (paired)", "s / iter", "eval s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        got = [recs[(row.table, row.name, s)] for s in seeds if (row.table, row.name, s) in recs]
+        cells = [row.label, str(len(got))]
+        for key, _, scale in metrics:
+            cells.append(_ms([_num(r["final"].get(key)) for r in got], scale))
+        if row.baseline:
+            diffs = []
+            for s in seeds:
+                a, b = recs.get((row.table, row.name, s)), recs.get((row.table, row.baseline, s))
+                if a and b and _num(a["final"].get(metrics[0][0])) is not None and _num(b["final"].get(metrics[0][0])) is not None:
+                    diffs.append(a["final"][metrics[0][0]] - b["final"][metrics[0][0]])
+            cells.append(_ms(diffs, metrics[0][2]) + (f" (per seed: {', '.join(f'{d * 100:+.1f}' for d in diffs)})" if diffs else ""))
+        else:
+            cells.append("baseline" if row.name in {r.baseline for r in rows} else "-")
+        cells.append(_ms([_num(r["final"].get("seconds_per_iter")) for r in got], 1, 2))
+        cells.append(_ms([_num(r["final"].get("eval_seconds")) for r in got], 1, 1))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _intensity_plot(recs: dict, seeds: list[int], path: Path) -> bool:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pts = []
+    for fwhm, table, name in ((4, "intensity", "fwhm4"), (8, "intensity", "fwhm8"), (13, "segmentation", "instance")):
+        vals = [_num(recs[(table, name, s)]["final"].get("target_miou")) for s in seeds if (table, name, s) in recs]
+        vals = [v * 100 for v in vals if v is not None]
+        if vals:
+            pts.append((fwhm, statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0))
+    base = [_num(recs[("segmentation", "uda", s)]["final"].get("target_miou")) for s in seeds if ("segmentation", "uda", s) in recs]
+    base = [v * 100 for v in base if v is not None]
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                label="UDA + Instance-Warp")
+    if base:
+        ax.axhline(statistics.mean(base), color="gray", linestyle="--", label="UDA (no warp)")
+    ax.set_xlabel("warp FWHM (grid cells; larger = stronger zoom)")
+    ax.set_ylabel("target test mIoU")
+    ax.set_title("synthetic_clear2fog: target mIoU vs warp intensity")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
+    recs = {}
+    for p in sorted((out / "raw").glob("*.json")):
+        r = json.loads(p.read_text())
+        recs[(r["table"], r["row"], r["seed"])] = r
+    total = sum(r["wall_seconds"] for r in recs.values())
+    lines = ["# Results: the adaptation table on the synthetic pairs", "",
+             "Written by `python benchmarks/uda_table.py` from `results/raw/*.json` (do not edit by hand: "
+             "the plain reading lives in `docs/RESULTS_reading.md` and is pasted below).", "",
+             f"Runs found: {len(recs)}; total training wall time {total / 3600:.1f} h. Seeds: {seeds}. "
+             "Every number is on the held-out target `test` split (tuning looked at `val` only); "
+             "mean ± std over seeds; Δ is the per-seed paired difference against the baseline row "
+             "(same seed), its mean ± std and the per-seed values.", ""]
+    machines = sorted({r["machine"] for r in recs.values()})
+    if machines:
+        lines += [f"Machine: {', '.join(machines)}.", ""]
+    titles = {"detection": "Detection: 2PCNet on synthetic_day2night (target mAP50, %)",
+              "segmentation": "Segmentation: DACS + MIC on synthetic_clear2fog (target mIoU, %)",
+              "intensity": "Warp intensity (segmentation, synthetic_clear2fog; FWHM 13 = the table's Instance-Warp row)",
+              "backbones": "Backbones (segmentation, synthetic_clear2fog; pvt_v2_b0 = the table above)"}
+    for table, title in titles.items():
+        rows = [r for r in ROWS if r.table == table]
+        lines += [f"## {title}", ""]
+        lines += _table(rows, recs, seeds)
+        example = next((recs[k] for k in sorted(recs) if k[0] == table), None)
+        if example:
+            lines += ["", f"Command of one run (the others differ only in the row's overrides and the seed): "
+                          f"`{example['command']}`"]
+        lines.append("")
+    if _intensity_plot(recs, seeds, doc.parent / "results_intensity.png"):
+        lines += ["![target mIoU vs warp intensity](results_intensity.png)", ""]
+    if reading:
+        lines += ["## Reading", "", reading.strip(), ""]
+    doc.write_text("\n".join(lines))
+    return doc
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "results", help="results folder (raw/ and runs/ inside)")
+    ap.add_argument("--doc", type=Path, default=None, help="report path (default docs/RESULTS.md, or OUT/RESULTS.md with --quick)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--tables", nargs="+", default=["detection", "segmentation", "intensity", "backbones"],
+                    choices=["detection", "segmentation", "intensity", "backbones"])
+    ap.add_argument("--rows", nargs="+", default=None, help="only these row names")
+    ap.add_argument("--quick", action="store_true", help="tiny runs (seconds each): checks the pipeline, numbers mean nothing")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    doc = args.doc or (args.out / "RESULTS.md" if args.quick else ROOT / "docs" / "RESULTS.md")
+    if not args.report_only:
+        todo = [(r, s) for s in args.seeds for r in ROWS
+                if r.table in args.tables and (args.rows is None or r.name in args.rows)]
+        failed = 0
+        for i, (row, seed) in enumerate(todo, 1):
+            print(f"[uda_table] {i}/{len(todo)}", flush=True)
+            failed += run_one(row, seed, args.out, args.quick) is None
+        if failed:
+            print(f"[uda_table] {failed} run(s) failed")
+    reading_file = ROOT / "docs" / "RESULTS_reading.md"
+    reading = reading_file.read_text() if reading_file.exists() and not args.quick else ""
+    print(f"[uda_table] wrote {report(args.out, args.seeds, doc, reading)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
