@@ -94,6 +94,11 @@ def command(row: Row, seed: int, run_dir: Path, quick: bool) -> list[str]:
     return cmd + list(QUICK[row.recipe]) if quick else cmd
 
 
+def _relative(text: str) -> str:
+    """Paths inside the repository written relative to it (commands read the same on any machine)."""
+    return text.replace(str(ROOT) + os.sep, "")
+
+
 def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
     raw = out / "raw" / f"{run_id(row, seed)}.json"
     if raw.exists():
@@ -113,7 +118,7 @@ def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
     final = json.loads((run_dir / "final.json").read_text())
     record = {"run": run_id(row, seed), "table": row.table, "row": row.name, "label": row.label,
               "seed": seed, "recipe": row.recipe, "config": row.config,
-              "command": shlex.join(["python", os.path.relpath(cmd[1], ROOT), *cmd[2:]]),
+              "command": _relative(shlex.join(["python", *cmd[1:]])),
               "wall_seconds": round(time.time() - t0, 1), "quick": quick,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
               "final": final}
@@ -229,7 +234,7 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
         example = next((recs[k] for k in sorted(recs) if k[0] == table), None)
         if example:
             lines += ["", f"Command of one run (the others differ only in the row's overrides and the seed): "
-                          f"`{example['command']}`"]
+                          f"`{_relative(example['command'])}`"]
         lines.append("")
     if _intensity_plot(recs, seeds, doc.parent / "results_intensity.png"):
         lines += ["![target mIoU vs warp intensity](results_intensity.png)", ""]
