@@ -24,14 +24,15 @@ def test_rows_cover_the_table():
     assert len([n for n in names if n[0] == "intensity"]) == 2 and len([n for n in names if n[0] == "backbones"]) == 4
     for r in table.ROWS:  # every warp row is paired against a row of its own table
         assert r.baseline is None or (r.table, r.baseline) in names
-        assert "eval.target_split=test" in table.command(r, 0, Path("/tmp/x"), quick=False)
+        cmd = table.command(r, 0, Path("/tmp/x"), quick=False)
+        assert "eval.target_split=test" in cmd and "threads=1" in cmd  # results must not depend on --jobs
 
 
 def test_quick_runs_write_raw_json_skip_done_and_report(tmp_path):
     table = _load()
     args = ["--quick", "--out", str(tmp_path), "--seeds", "0", "1", "--tables", "detection", "segmentation",
             "--rows", "uda", "instance_always", "instance"]
-    assert table.main(args) == 0
+    assert table.main(args + ["--jobs", "2"]) == 0
     raw = sorted(p.name for p in (tmp_path / "raw").glob("*.json"))
     assert raw == sorted(f"{t}__{r}__s{s}.json" for s in (0, 1)
                          for t, r in (("detection", "uda"), ("detection", "instance_always"),
