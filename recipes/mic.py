@@ -334,7 +334,8 @@ def main(argv=None) -> dict:
              "seconds_per_iter": train_seconds / max(1, t.iters - start), "world_size": info.world_size,
              "eval_seconds": time.perf_counter() - tic, "target_split": cfg.eval.target_split}
     if info.is_main:
-        logger.log(t.iters, "eval", **{k: v for k, v in metrics.items() if k.endswith("miou")})
+        if start < t.iters:  # a finished run resumed again: its final eval is already logged
+            logger.log(t.iters, "eval", **{k: v for k, v in metrics.items() if k.endswith("miou")})
         logger.write_json("final.json", final)
         logger.plot()
         if cfg.eval.pictures:

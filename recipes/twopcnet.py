@@ -268,7 +268,8 @@ def main(argv=None):
     t_eval = time.perf_counter()
     res = evaluate(tc.iters)
     t_eval = time.perf_counter() - t_eval
-    logger.log(tc.iters, "eval", source_map50=res["source_map50"], target_map50=res["target_map50"])
+    if start < tc.iters:  # a finished run resumed again: its final eval is already logged
+        logger.log(tc.iters, "eval", source_map50=res["source_map50"], target_map50=res["target_map50"])
     tgt, src = res["_tgt"], res["_src"]
     final = {"source_map50": src["mAP50"], "target_map50": tgt["mAP50"], "target_ap": tgt["AP"],
              "target_ap_small": tgt["AP_small"], "target_ap_medium": tgt["AP_medium"],

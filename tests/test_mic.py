@@ -72,6 +72,11 @@ def test_resume_equals_straight_run(tmp_path):
         assert json.dumps(a[key]) == json.dumps(b[key]), key
     evals = [r["step"] for r in read_jsonl(first / "metrics.jsonl") if r["kind"] == "eval"]
     assert 6 in evals and 4 in evals
+    # resuming a finished run evaluates again (same numbers) but logs no second final record
+    c = run(first, "eval.every=2", "resume=true", iters=6)
+    assert json.dumps(c["target_miou"]) == json.dumps(b["target_miou"])
+    evals = [r["step"] for r in read_jsonl(first / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals.count(6) == 1 and evals.count(4) == 1, evals
 
 
 def test_lr_schedule_does_not_depend_on_train_iters():

@@ -91,6 +91,9 @@ def test_resume_gives_identical_weights_and_metrics(tmp_path):
     assert {k: v for k, v in fa.items() if k not in drop} == {k: v for k, v in fb.items() if k not in drop}
     steps = [json.loads(x)["step"] for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps.count(6) == 2  # one train + one eval record at 6, no duplicates
+    b, _ = run(tmp_path, *common, "resume=true", name="split")  # resuming a finished run logs nothing new
+    steps = [json.loads(x)["step"] for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert steps.count(6) == 2
 
 
 def test_only_source_images_reach_the_backbone_warped(tmp_path, monkeypatch):
