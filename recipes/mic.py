@@ -265,10 +265,11 @@ def main(argv=None) -> dict:
     aug = dict(jitter=u.color_jitter, jitter_p=u.color_jitter_p, blur_p=u.blur_p)
 
     # 6. the loop
-    train_seconds, bar = 0.0, tqdm(range(start, t.iters), initial=start, total=t.iters, desc="mic",
-                                   disable=not info.is_main, dynamic_ncols=True)
+    train_seconds, cpu_seconds = 0.0, 0.0
+    bar = tqdm(range(start, t.iters), initial=start, total=t.iters, desc="mic", disable=not info.is_main,
+               dynamic_ncols=True)
     for step in bar:
-        tic = time.perf_counter()
+        tic, cpu_tic = time.perf_counter(), time.process_time()
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * lr_factor(step, t)
         opt.zero_grad(set_to_none=True)
@@ -311,6 +312,7 @@ def main(argv=None) -> dict:
         if u.enabled:
             teacher.update(model, dacs_keep_rate(step, u.ema_keep_rate))
         train_seconds += time.perf_counter() - tic
+        cpu_seconds += time.process_time() - cpu_tic  # all threads of this process
 
         # (f) log / evaluate / checkpoint
         done = step + 1
@@ -331,7 +333,8 @@ def main(argv=None) -> dict:
     tic = time.perf_counter()
     metrics = evaluate(student, (src_val, tgt_val), cfg, info)
     final = {"iters": t.iters, "evaluated": "student", **metrics,
-             "seconds_per_iter": train_seconds / max(1, t.iters - start), "world_size": info.world_size,
+             "seconds_per_iter": train_seconds / max(1, t.iters - start),
+             "cpu_seconds_per_iter": cpu_seconds / max(1, t.iters - start), "world_size": info.world_size,
              "eval_seconds": time.perf_counter() - tic, "target_split": cfg.eval.target_split}
     if info.is_main:
         if start < t.iters:  # a finished run resumed again: its final eval is already logged

@@ -239,9 +239,12 @@ def test_patch_mask_and_strong_augment_are_seeded():
 
 
 def test_speed_benchmark_runs_both_arms():
-    spec = importlib.util.spec_from_file_location("mic_speed", ROOT / "benchmarks" / "mic_speed.py")
+    spec = importlib.util.spec_from_file_location("recipe_speed", ROOT / "benchmarks" / "recipe_speed.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    out = bench.main(["--rounds", "1", "--iters", "1", "--forward", "1", *TINY])
-    assert set(out["times"]) == {"instance", "none"} and all(len(v) == 1 for v in out["times"].values())
-    assert out["ratio"] > 0 and set(out["source_phase"]) == {"instance", "none"}
+    out = bench.main(["--recipe", "mic", "--rounds", "2", "--iters", "1", "--forward", "1", *TINY])
+    assert set(out["train"]["wall"]) == {"instance", "none"} and all(len(v) == 2 for v in out["train"]["wall"].values())
+    assert all(v > 0 for v in out["train"]["cpu"]["none"])  # the recipe reports CPU seconds too
+    assert out["train"]["ratio"] > 0 and set(out["source_phase"]) == {"instance", "none"}
+    with pytest.raises(SystemExit):  # --forward times mic's source phase only
+        bench.main(["--recipe", "twopcnet", "--forward", "1"])

@@ -214,3 +214,16 @@ def test_detector_warps_only_in_training_with_boxes():
     with pytest.raises(ValueError, match="warp"):
         det(list(imgs), warp=True)
     assert det.strides == [8, 16, 32]
+
+
+def test_speed_benchmark_times_both_phases_and_arms():
+    spec = importlib.util.spec_from_file_location("recipe_speed", ROOT / "benchmarks" / "recipe_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # train.iters from the benchmark (2), the rest of TINY after it (TINY's train.iters would win)
+    rows = bench.main(["--recipe", "twopcnet", "--rounds", "1", "--iters", "2",
+                       *[o for o in TINY if not o.startswith("train.iters=")]])
+    assert set(rows) == {"burn_in", "adapt"}
+    for t in rows.values():
+        assert {g: len(v) for g, v in t["wall"].items()} == {"instance": 1, "none": 1}
+        assert t["ratio"] > 0 and t["cpu_ratio"] > 0
