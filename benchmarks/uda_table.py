@@ -40,7 +40,13 @@ class Row:
     recipe: str           # twopcnet | mic
     config: str           # the pair's config name
     overrides: tuple = field(default_factory=tuple)
-    baseline: str | None = "uda"   # the row it is paired against (same table, same seed)
+    baseline: str | None = "uda"   # the row it is paired against (same seed): "name" in this table or "table/name"
+
+    @property
+    def baseline_key(self) -> tuple[str, str] | None:
+        if self.baseline is None:
+            return None
+        return tuple(self.baseline.split("/")) if "/" in self.baseline else (self.table, self.baseline)
 
 
 DET, SEG = ("twopcnet", "synthetic_day2night"), ("mic", "synthetic_clear2fog")
@@ -65,7 +71,7 @@ def _rows() -> list[Row]:
     # warp intensity on the segmentation pair (FWHM 13 is the instance row itself)
     for fwhm in (4, 8):
         rows.append(Row("intensity", f"fwhm{fwhm}", f"Instance-Warp, FWHM {fwhm}", *SEG,
-                        ("warp.guidance=instance", f"warp.fwhm={fwhm}"), None))
+                        ("warp.guidance=instance", f"warp.fwhm={fwhm}"), "segmentation/uda"))
     # backbones on the segmentation pair (pvt_v2_b0 is the default: the segmentation table's rows)
     for bb in ("resnet18", "vit_tiny_patch16_224"):
         rows += [Row("backbones", f"{bb}_uda", f"{bb}: UDA (no warp)", *SEG, (f"model.backbone={bb}", "warp.guidance=none"), None),
@@ -180,15 +186,46 @@ def _table(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
         if row.baseline:
             diffs = []
             for s in seeds:
-                a, b = recs.get((row.table, row.name, s)), recs.get((row.table, row.baseline, s))
+                a, b = recs.get((row.table, row.name, s)), recs.get((*row.baseline_key, s))
                 if a and b and _num(a["final"].get(metrics[0][0])) is not None and _num(b["final"].get(metrics[0][0])) is not None:
                     diffs.append(a["final"][metrics[0][0]] - b["final"][metrics[0][0]])
             cells.append(_ms(diffs, metrics[0][2]) + (f" (per seed: {', '.join(f'{d * 100:+.1f}' for d in diffs)})" if diffs else ""))
         else:
-            cells.append("baseline" if row.name in {r.baseline for r in rows} else "-")
+            cells.append("baseline" if any(r.baseline_key == (row.table, row.name) for r in ROWS) else "-")
         cells.append(_ms([_num(r["final"].get("seconds_per_iter")) for r in got], 1, 2))
         cells.append(_ms([_num(r["final"].get("eval_seconds")) for r in got], 1, 1))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+PER_CLASS = {"twopcnet": ("target_ap50_per_class", "AP50"), "mic": ("target_iou", "IoU")}
+
+
+def _per_class(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
+    """Where a row's difference comes from: per class, the paired (same seed) Δ of the target metric
+    against the row's baseline, mean over the seeds both have. Classes absent from the test split
+    (null in final.json) are left out."""
+    key, metric = PER_CLASS[rows[0].recipe]
+    paired = [r for r in rows if r.baseline]
+    cols, classes = {}, []
+    for row in paired:
+        per = {}
+        for s in seeds:
+            a, b = recs.get((row.table, row.name, s)), recs.get((*row.baseline_key, s))
+            if not (a and b):
+                continue
+            for c, v in a["final"].get(key, {}).items():
+                w = b["final"].get(key, {}).get(c)
+                if _num(v) is not None and _num(w) is not None:
+                    per.setdefault(c, []).append(v - w)
+                    classes += [c] if c not in classes else []
+        if per:
+            cols[row] = per
+    if not cols:
+        return []
+    lines = [f"| class | " + " | ".join(f"Δ {metric}: {r.label}" for r in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for c in classes:
+        lines.append(f"| {c} | " + " | ".join(_ms(per.get(c, []), 100).replace(" (n=1)", "") for per in cols.values()) + " |")
     return lines
 
 
@@ -240,12 +277,17 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
         lines += [f"Machine: {', '.join(machines)}.", ""]
     titles = {"detection": "Detection: 2PCNet on synthetic_day2night (target mAP50, %)",
               "segmentation": "Segmentation: DACS + MIC on synthetic_clear2fog (target mIoU, %)",
-              "intensity": "Warp intensity (segmentation, synthetic_clear2fog; FWHM 13 = the table's Instance-Warp row)",
+              "intensity": "Warp intensity (segmentation, synthetic_clear2fog; FWHM 13 = the table's Instance-Warp row; Δ against its UDA row)",
               "backbones": "Backbones (segmentation, synthetic_clear2fog; pvt_v2_b0 = the table above)"}
     for table, title in titles.items():
         rows = [r for r in ROWS if r.table == table]
         lines += [f"## {title}", ""]
         lines += _table(rows, recs, seeds)
+        if table in ("detection", "segmentation"):
+            per_class = _per_class(rows, recs, seeds)
+            if per_class:
+                lines += ["", f"Per class, target test, paired Δ against the baseline (mean ± std over seeds):", ""]
+                lines += per_class
         example = next((recs[k] for k in sorted(recs) if k[0] == table), None)
         if example:
             lines += ["", f"Command of one run (the others differ only in the row's overrides and the seed): "
