@@ -227,3 +227,61 @@ def test_speed_benchmark_times_both_phases_and_arms():
     for t in rows.values():
         assert {g: len(v) for g, v in t["wall"].items()} == {"instance": 1, "none": 1}
         assert t["ratio"] > 0 and t["cpu_ratio"] > 0
+
+
+def _exported(tmp_path, size=(48, 96)):
+    """The synthetic day->night pair exported to disk, one folder per domain (COCO json + PNGs)."""
+    from warpadapt.data.__main__ import export
+    for dom in ("source", "target"):
+        for split, n in (("train", 4), ("val", 2)):
+            export("synthetic_day2night", dom, split, n, str(tmp_path / dom), size=size)
+    return tmp_path
+
+
+def test_coco_pair_config_trains_on_folders_end_to_end(tmp_path):
+    """--config coco_pair (real-data settings) on COCO jsons written by `python -m warpadapt.data export`."""
+    root = _exported(tmp_path / "data")
+    paths = [f"data.{dom}.{split}_{kind}={dom}/" + ("leftImg8bit/" + split if kind == "images" else
+                                                     f"annotations/instances_{split}.json")
+             for dom in ("source", "target") for split in ("train", "val") for kind in ("images", "json")]
+    out = tmp_path / "run"
+    final = _recipe().main(["--config", "coco_pair", f"data.root={root}", *paths, *TINY, "data.workers=0",
+                            "model.backbone=resnet18", "model.fpn_channels=32", "model.representation_size=64",
+                            "eval.batch_size=2", f"out_dir={out}"])
+    assert final["iters"] == 3 and final["target_split"] == "val" and final["eval_images"] == 2
+    cats = json.loads((root / "source/annotations/instances_train.json").read_text())["categories"]
+    assert list(final["target_ap50_per_class"]) == [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
+    _check_outputs(out, 3)
+
+
+def test_bdd100k_config_trains_on_a_bdd_folder_end_to_end(tmp_path):
+    """--config bdd100k_day2night on a BDD100K-layout folder (det_20 jsons, images/100k/<split>/), the
+    domains picked by the timeofday attribute."""
+    src = _exported(tmp_path / "exp")
+    root = tmp_path / "bdd"
+    for split in ("train", "val"):
+        frames = []
+        for dom, tod in (("source", "daytime"), ("target", "night")):
+            coco = json.loads((src / dom / f"annotations/instances_{split}.json").read_text())
+            cats = {c["id"]: c["name"] for c in coco["categories"]}
+            for im in coco["images"]:
+                name = f"{dom}_{Path(im['file_name']).name}"
+                (root / "images/100k" / split).mkdir(parents=True, exist_ok=True)
+                shutil.copy(src / dom / "leftImg8bit" / split / im["file_name"], root / "images/100k" / split / name)
+                boxes = [{"category": cats[a["category_id"]].replace("person", "pedestrian"),
+                          "box2d": {"x1": a["bbox"][0], "y1": a["bbox"][1], "x2": a["bbox"][0] + a["bbox"][2],
+                                    "y2": a["bbox"][1] + a["bbox"][3]}}
+                         for a in coco["annotations"] if a["image_id"] == im["id"]]
+                frames.append({"name": name, "attributes": {"timeofday": tod, "weather": "clear"}, "labels": boxes})
+        (root / "labels/det_20").mkdir(parents=True, exist_ok=True)
+        (root / f"labels/det_20/det_{split}.json").write_text(json.dumps(frames))
+    out = tmp_path / "run"
+    final = _recipe().main(["--config", "bdd100k_day2night", f"data.root={root}", *TINY, "data.workers=0",
+                            "model.backbone=resnet18", "model.fpn_channels=32", "model.representation_size=64",
+                            "eval.batch_size=2", f"out_dir={out}"])
+    assert final["iters"] == 3 and final["eval_images"] == 2
+    _check_outputs(out, 3)
+    from warpadapt.uda.config import load_config
+    sets = _recipe().build_datasets(load_config("twopcnet", ["--config", "bdd100k_day2night", f"data.root={root}"]))
+    assert [len(s) for s in sets[:4]] == [4, 4, 2, 2]  # the timeofday filter splits the one folder
+    assert {sets[1][i]["meta"]["attributes"]["timeofday"] for i in range(4)} == {"night"}
