@@ -60,6 +60,9 @@ def check(cfg) -> None:
     check_choice(cfg, "eval.target_split", ("val", "test"))
     if cfg.data.pair == "folders" and cfg.eval.target_split != "val":
         raise ValueError("config: eval.target_split: dataset folders are evaluated on data.target.val_split; use val")
+    check_choice(cfg, "eval.model", ("auto", "student", "teacher"))
+    if cfg.eval.model == "teacher" and not cfg.uda.enabled:
+        raise ValueError("config: eval.model: teacher needs uda.enabled=true (source-only training has no teacher)")
     check_choice(cfg, "warp.guidance", ("instance", "static", "geometric", "none"))
     check_choice(cfg, "warp.classes", tuple(GUIDANCE_TRAIN_IDS))
     size = cfg.data.image_size
@@ -230,6 +233,7 @@ def main(argv=None) -> dict:
                       cfg.model.embed_dim, cfg.model.dropout, w.guidance, **warp_options).to(dev).train()
     teacher = EMATeacher(model)
     student = wrap_ddp(model, info)
+    evaluated = teacher.module if cfg.eval.model == "teacher" else student  # auto: MIC evaluates the student
     opt = torch.optim.AdamW(model.param_groups(t.lr, t.head_lr_mult, t.weight_decay))
     base_lrs = [g["lr"] for g in opt.param_groups]
     torch.manual_seed(t.seed + 1000 * info.rank)  # dropout differs per rank
@@ -321,7 +325,7 @@ def main(argv=None) -> dict:
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
         if cfg.eval.every and done % cfg.eval.every == 0 and done < t.iters:
             checkpoint(done)
-            metrics = evaluate(student, (src_val, tgt_val), cfg, info)
+            metrics = evaluate(evaluated, (src_val, tgt_val), cfg, info)
             logger.log(done, "eval", **{k: v for k, v in metrics.items() if k.endswith("miou")})
             if info.is_main:
                 bar.write(f"step {done}: source mIoU {100 * metrics['source_miou']:.1f}, "
@@ -331,8 +335,8 @@ def main(argv=None) -> dict:
     if start < t.iters:
         checkpoint(t.iters)
     tic = time.perf_counter()
-    metrics = evaluate(student, (src_val, tgt_val), cfg, info)
-    final = {"iters": t.iters, "evaluated": "student", **metrics,
+    metrics = evaluate(evaluated, (src_val, tgt_val), cfg, info)
+    final = {"iters": t.iters, "evaluated": "teacher" if evaluated is teacher.module else "student", **metrics,
              "seconds_per_iter": train_seconds / max(1, t.iters - start),
              "cpu_seconds_per_iter": cpu_seconds / max(1, t.iters - start), "world_size": info.world_size,
              "eval_seconds": time.perf_counter() - tic, "target_split": cfg.eval.target_split}

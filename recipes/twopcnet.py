@@ -80,6 +80,9 @@ def main(argv=None):
     check_choice(cfg, "train.optimizer", ("sgd", "adamw"))
     check_choice(cfg, "data.pair", tuple(list_pairs()) + PAIR_KINDS)
     check_choice(cfg, "eval.target_split", ("val", "test"))
+    check_choice(cfg, "eval.model", ("auto", "student", "teacher"))
+    if cfg.eval.model == "teacher" and not cfg.uda.enabled:
+        raise ValueError("config: eval.model: teacher needs uda.enabled=true (source-only training has no teacher)")
     if cfg.data.pair in ("bdd100k", "coco") and cfg.eval.target_split != "val":
         raise ValueError("config: eval.target_split: dataset folders are evaluated on their val split; use val")
     for key, lo, hi, integer in (("train.iters", 1, None, True), ("train.burn_in", 0, None, True),
@@ -163,9 +166,13 @@ def main(argv=None):
                                start_step=max(0, start - tc.burn_in), collate_fn=collate,
                                num_workers=cfg.data.workers) if uc.enabled else None
 
+    def evaluated(step):
+        """eval.model=auto: the teacher once it exists (2PCNet evaluates the teacher), the student before."""
+        use_teacher = cfg.eval.model == "teacher" or (cfg.eval.model == "auto" and uc.enabled)
+        return teacher.module if use_teacher and step > tc.burn_in else student
+
     def evaluate(step):
-        """Teacher once it exists (2PCNet evaluates the teacher), the student before."""
-        net = teacher.module if uc.enabled and step > tc.burn_in else student
+        net = evaluated(step)
         kw = dict(device=info.device, batch_size=cfg.eval.batch_size, max_images=cfg.eval.max_images, info=info)
         src, tgt = evaluate_detection(net, src_val, classes, **kw), evaluate_detection(net, tgt_val, classes, **kw)
         return {"source_map50": src["mAP50"], "target_map50": tgt["mAP50"], "_src": src, "_tgt": tgt}
@@ -277,7 +284,7 @@ def main(argv=None):
              "source_ap50_per_class": src["AP50_per_class"],
              "seconds_per_iter": train_time / n_timed if n_timed else math.nan, "iters": tc.iters,
              "cpu_seconds_per_iter": cpu_time / n_timed if n_timed else math.nan,  # all threads
-             "evaluated": "teacher" if uc.enabled and tc.iters > tc.burn_in else "student",
+             "evaluated": "teacher" if evaluated(tc.iters) is teacher.module else "student",
              "guidance": cfg.warp.guidance, "warp_stage": cfg.warp.stage, "uda": bool(uc.enabled),
              "world_size": info.world_size, "eval_images": cfg.eval.max_images,
              "eval_seconds": t_eval, "target_split": cfg.eval.target_split}

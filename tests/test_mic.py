@@ -106,6 +106,8 @@ def test_torchrun_two_processes_cpu(tmp_path):
     (["--config", "cityscapes2acdc_fog"], ValueError, "data.root"),
     (["--config", "cityscapes2acdc_fog", "data.root=/nonexistent/data"], FileNotFoundError, "/nonexistent/data/cityscapes"),
     (["model.backbone=resnet_nope"], ValueError, "resnet_nope"),
+    (["eval.model=best"], ValueError, "eval.model"),
+    (["eval.model=teacher", "uda.enabled=false"], ValueError, "eval.model"),
 ])
 def test_bad_config_gives_a_clear_error(tmp_path, args, error, match):
     with pytest.raises(error, match=match):

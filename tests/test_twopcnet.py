@@ -152,6 +152,7 @@ def test_backbones(tmp_path, backbone, extra):
     ("train.iters=many", "train.iters"),
     ("uda.threshold=1.5", "uda.threshold"),
     ("data.pair=mars", "data.pair"),
+    ("eval.model=best", "eval.model"),
 ])
 def test_bad_config_names_the_key(tmp_path, override, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -285,3 +286,16 @@ def test_bdd100k_config_trains_on_a_bdd_folder_end_to_end(tmp_path):
     sets = _recipe().build_datasets(load_config("twopcnet", ["--config", "bdd100k_day2night", f"data.root={root}"]))
     assert [len(s) for s in sets[:4]] == [4, 4, 2, 2]  # the timeofday filter splits the one folder
     assert {sets[1][i]["meta"]["attributes"]["timeofday"] for i in range(4)} == {"night"}
+
+
+def test_eval_model_picks_student_or_teacher(tmp_path):
+    """auto evaluates the teacher after burn-in (2PCNet); eval.model=student the student: a finished run
+    resumed with the other choice reports the other model's numbers."""
+    out, auto = run(tmp_path, name="r")
+    assert auto["evaluated"] == "teacher"
+    _, student = run(tmp_path, "resume=true", "eval.model=student", name="r")
+    assert student["evaluated"] == "student" and student["iters"] == auto["iters"]
+    _, again = run(tmp_path, "resume=true", name="r")
+    assert again["target_ap50_per_class"] == auto["target_ap50_per_class"]  # the same teacher, the same numbers
+    with pytest.raises(ValueError, match=r"eval\.model"):
+        run(tmp_path, "eval.model=teacher", "uda.enabled=false", name="bad")
