@@ -165,7 +165,7 @@ def _num(v):
 
 
 def _ms(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    values = [v * scale for v in values if v is not None]
+    values = [v * scale for v in values if _num(v) is not None]  # None / NaN (e.g. no pseudo-labels): left out
     if not values:
         return "-"
     if len(values) == 1:
@@ -227,6 +227,39 @@ def _per_class(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
     for c in classes:
         lines.append(f"| {c} | " + " | ".join(_ms(per.get(c, []), 100).replace(" (n=1)", "") for per in cols.values()) + " |")
     return lines
+
+
+def _diagnosis(out: Path, seeds: list[int]) -> list[str]:
+    """benchmarks/uda_diagnose.py's per-run JSON, averaged per detection row: the final student and
+    teacher on target test, and the pseudo-labels each would give on target train."""
+    diag = {}
+    for p in sorted((out / "diagnose").glob("detection__*.json")):
+        d = json.loads(p.read_text())
+        _, row, seed = d["run"].rsplit("__", 2)
+        if int(seed[1:]) in seeds:
+            diag.setdefault(row, []).append(d)
+    if not diag:
+        return []
+    lines = ["| row | n | model | target mAP50 | AP small | pseudo-labels / image (ground truth) | precision | recall |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in (r for r in ROWS if r.table == "detection" and r.name in diag):
+        runs = diag[row.name]
+        for model in ("teacher", "student"):
+            got = [d[model] for d in runs if model in d]
+            if not got:
+                continue
+            q = [g["pseudo"] for g in got]
+            lines.append(f"| {row.label} | {len(got)} | {model} | {_ms([g['target_map50'] for g in got], 100)} | "
+                         f"{_ms([g['target_ap_small'] for g in got], 100)} | "
+                         f"{_ms([x['pseudo_per_image'] for x in q], 1, 2)} ({statistics.mean(x['gt_per_image'] for x in q):.2f}) | "
+                         f"{_ms([x['precision'] for x in q], 100)} | {_ms([x['recall'] for x in q], 100)} |")
+    thr = next(iter(diag.values()))[0]["threshold"]
+    return ["### Detection: student or teacher, and the pseudo-labels they give", "",
+            f"`python benchmarks/uda_diagnose.py` on the final checkpoints: target test mAP50 of the final "
+            f"student and EMA teacher, and their detections above the pseudo-label threshold {thr} on 200 "
+            "target train images matched to the ground truth the method never sees (IoU 0.5, same class). "
+            "Source only has no teacher: its row shows the pseudo-labels a source-trained model would give.",
+            "", *lines, ""]
 
 
 def _intensity_plot(recs: dict, seeds: list[int], path: Path) -> bool:
@@ -293,6 +326,7 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
             lines += ["", f"Command of one run (the others differ only in the row's overrides and the seed): "
                           f"`{_relative(example['command'])}`"]
         lines.append("")
+    lines += _diagnosis(out, seeds)
     if _intensity_plot(recs, seeds, doc.parent / "results_intensity.png"):
         lines += ["![target mIoU vs warp intensity](results_intensity.png)", ""]
     if reading:

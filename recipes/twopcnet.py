@@ -67,6 +67,20 @@ def build_datasets(cfg):
     return (*sets, list(sets[0].classes))
 
 
+def build_detector(cfg, num_classes, warp_options=None):
+    """The student of ``cfg.model`` (``num_classes`` with background); ``warp_options`` None: no warp."""
+    m = cfg.model
+    return Detector(
+        m.backbone, num_classes, out_indices=m.out_indices, pretrained_file=m.pretrained_file,
+        guidance=cfg.warp.guidance if warp_options is not None else "none", warp_options=warp_options or {},
+        fpn_channels=m.fpn_channels, anchor_scale=m.anchor_scale, min_size=cfg.data.image_size[0],
+        max_size=cfg.data.image_size[1], representation_size=m.representation_size,
+        rpn_batch_size_per_image=m.rpn_batch_size, box_batch_size_per_image=m.roi_batch_size,
+        rpn_pre_nms_top_n_train=m.rpn_pre_nms_train, rpn_post_nms_top_n_train=m.rpn_post_nms_train,
+        rpn_pre_nms_top_n_test=m.rpn_pre_nms_test, rpn_post_nms_top_n_test=m.rpn_post_nms_test,
+        box_score_thresh=m.score_thresh, box_detections_per_img=m.detections_per_img)
+
+
 def collate(items):
     """A batch as lists (images may differ in size on real data)."""
     return [it["image"] for it in items], [{"boxes": it["boxes"], "labels": it["labels"]} for it in items]
@@ -120,16 +134,7 @@ def main(argv=None):
             save_prior(prior_path, prior, images=n)
         barrier()
         warp_options["prior"] = load_prior(prior_path)
-    m = cfg.model
-    student = Detector(
-        m.backbone, len(classes) + 1, out_indices=m.out_indices, pretrained_file=m.pretrained_file,
-        guidance=cfg.warp.guidance, warp_options=warp_options, fpn_channels=m.fpn_channels,
-        anchor_scale=m.anchor_scale, min_size=cfg.data.image_size[0], max_size=cfg.data.image_size[1],
-        representation_size=m.representation_size, rpn_batch_size_per_image=m.rpn_batch_size,
-        box_batch_size_per_image=m.roi_batch_size, rpn_pre_nms_top_n_train=m.rpn_pre_nms_train,
-        rpn_post_nms_top_n_train=m.rpn_post_nms_train, rpn_pre_nms_top_n_test=m.rpn_pre_nms_test,
-        rpn_post_nms_top_n_test=m.rpn_post_nms_test, box_score_thresh=m.score_thresh,
-        box_detections_per_img=m.detections_per_img).to(info.device)
+    student = build_detector(cfg, len(classes) + 1, warp_options).to(info.device)
     teacher = EMATeacher(student)
     model = wrap_ddp(student, info)
     params = [p for p in student.parameters() if p.requires_grad]

@@ -263,3 +263,24 @@ def test_evaluate_segmentation_upsamples_and_restores_mode():
     assert r["miou"] == 1.0 and model.training
     with pytest.raises(ValueError, match="max_images"):
         evaluate_segmentation(model, [], 2)
+
+
+def test_pseudo_label_quality_counts_matches_once_per_ground_truth_box():
+    from warpadapt.uda.pseudo import pseudo_label_quality
+    gt = [{"boxes": torch.tensor([[0., 0., 10., 10.]]), "labels": torch.tensor([3])},
+          {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    # image 0: three copies of the right box -> 1 TP, 2 duplicates; image 1: a box where nothing is
+    ps = [{"boxes": torch.tensor([[0., 0., 10., 10.]] * 3), "labels": torch.tensor([3, 3, 3]),
+           "scores": torch.tensor([0.9, 0.95, 0.85])},
+          {"boxes": torch.tensor([[5., 5., 9., 9.]]), "labels": torch.tensor([1]), "scores": torch.tensor([0.99])}]
+    q = pseudo_label_quality(ps, gt)
+    assert (q["pseudo"], q["gt"], q["tp"], q["images"]) == (4, 1, 1, 2)
+    assert q["precision"] == 0.25 and q["recall"] == 1.0 and q["pseudo_per_image"] == 2.0
+    shifted = [{**ps[0], "boxes": ps[0]["boxes"] + 4.0}, ps[1]]  # IoU 36 / 164 = 0.22: no match at 0.5
+    assert pseudo_label_quality(shifted, gt)["tp"] == 0 and pseudo_label_quality(shifted, gt, iou=0.2)["tp"] == 1
+    empty = pseudo_label_quality([{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0), "scores": torch.zeros(0)}], gt[:1])
+    assert empty["tp"] == 0 and empty["recall"] == 0.0 and empty["precision"] != empty["precision"]  # NaN
+    with pytest.raises(ValueError, match="pseudo, targets"):
+        pseudo_label_quality(ps, gt[:1])
+    with pytest.raises(ValueError, match="iou"):
+        pseudo_label_quality(ps, gt, iou=0.0)

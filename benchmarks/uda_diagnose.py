@@ -1,0 +1,108 @@
+"""Why a detection row of the adaptation table scores what it does: student vs teacher, pseudo-label quality.
+
+    python benchmarks/uda_diagnose.py                       # every finished detection run in results/runs
+    python benchmarks/uda_diagnose.py --runs detection__uda__s0 detection__source_only__s0
+
+For each finished run of ``benchmarks/uda_table.py``'s detection table (``results/runs/<run>/last.pt``
+and its ``config.yaml``), loads the final student and, when the run adapted, the final EMA teacher, and
+measures on the synthetic target:
+
+- target ``test`` mAP50 and AP small of each model (2PCNet reports the teacher; the student is the
+  model that trained on the pseudo-labels);
+- the quality of the pseudo-labels each model would give: its detections on the first ``--images``
+  target ``train`` images above the run's ``uda.threshold`` (and above 0.5), matched to the ground truth
+  the method never sees (``warpadapt.uda.pseudo.pseudo_label_quality``: precision, recall, boxes per
+  image at IoU 0.5).
+
+One JSON per run under ``results/diagnose/`` (runs already there are skipped); ``uda_table.py`` puts
+them in docs/RESULTS.md. Evaluation only: nothing trains.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("twopcnet_recipe", ROOT / "recipes" / "twopcnet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def diagnose(run_dir: Path, images: int = 200, threads: int = 1) -> dict:
+    import torch
+
+    from warpadapt.uda.checkpoint import load_checkpoint
+    from warpadapt.uda.config import load_config
+    from warpadapt.uda.evaluate import evaluate_detection
+    from warpadapt.uda.pseudo import filter_detections, pseudo_label_quality
+
+    torch.set_num_threads(threads)
+    recipe = _recipe()
+    cfg = load_config("twopcnet", ["--config", str(run_dir / "config.yaml")])
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    if ckpt["iteration"] != cfg.train.iters:
+        raise ValueError(f"{run_dir}: checkpoint at iteration {ckpt['iteration']}, run planned {cfg.train.iters}: unfinished")
+    _, tgt_train, _, tgt_test, classes = recipe.build_datasets(cfg)
+    models = {"student": ckpt["student"]}
+    if cfg.uda.enabled and cfg.train.iters > cfg.train.burn_in:  # EMATeacher's state: module.<name>
+        models["teacher"] = {k.removeprefix("module."): v for k, v in ckpt["teacher"].items()}
+    n = min(images, len(tgt_train))
+    items = [tgt_train[i] for i in range(n)]
+    out = {"run": run_dir.name, "iters": ckpt["iteration"], "threshold": cfg.uda.threshold, "images": n,
+           "target_split": cfg.eval.target_split}
+    for name, state in models.items():
+        net = recipe.build_detector(cfg, len(classes) + 1)
+        net.load_state_dict(state)
+        net.eval()
+        res = evaluate_detection(net, tgt_test, classes, batch_size=cfg.eval.batch_size, max_images=cfg.eval.max_images)
+        dets = []
+        with torch.no_grad():
+            for i in range(0, n, cfg.eval.batch_size):
+                dets += net.detect([it["image"] for it in items[i:i + cfg.eval.batch_size]])
+        gt = [{"boxes": it["boxes"], "labels": it["labels"]} for it in items]
+        out[name] = {"target_map50": res["mAP50"], "target_ap_small": res["AP_small"],
+                     "pseudo": pseudo_label_quality(filter_detections(dets, cfg.uda.threshold), gt),
+                     "pseudo_at_0.5": pseudo_label_quality(filter_detections(dets, 0.5), gt)}
+        q = out[name]["pseudo"]
+        print(f"{run_dir.name} {name}: target mAP50 {100 * res['mAP50']:.1f}; pseudo-labels > {cfg.uda.threshold}: "
+              f"{q['pseudo_per_image']:.2f} / image (ground truth {q['gt_per_image']:.2f}), precision "
+              f"{100 * q['precision']:.1f}, recall {100 * q['recall']:.1f}", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=ROOT / "results", help="the table's results folder (runs/ inside)")
+    ap.add_argument("--runs", nargs="+", default=None, help="run names (default: every detection run in runs/)")
+    ap.add_argument("--images", type=int, default=200, help="target train images for the pseudo-label check")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    if a.images < 1:
+        ap.error(f"--images must be >= 1, got {a.images}")
+    names = a.runs or sorted(p.name for p in (a.results / "runs").glob("detection__*") if (p / "final.json").is_file())
+    for name in names:
+        dest = a.results / "diagnose" / f"{name}.json"
+        if dest.exists():
+            continue
+        run_dir = a.results / "runs" / name
+        if not (run_dir / "last.pt").is_file():
+            print(f"{name}: no {run_dir / 'last.pt'}; skipped", file=sys.stderr)
+            continue
+        rec = diagnose(run_dir, a.images, a.threads)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=2) + "\n")
+        os.replace(tmp, dest)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
