@@ -176,7 +176,7 @@ def _ms(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 def _table(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
     recipe = rows[0].recipe
     metrics = METRICS[recipe]
-    head = ["row", "n"] + [m[1] for m in metrics] + [f"Δ {metrics[0][1]} vs baseline (paired)", "s / iter", "eval s"]
+    head = ["row", "n"] + [m[1] for m in metrics] + [f"Δ {metrics[0][1]} vs baseline (paired)", "s / iter", "eval s", "eval time / baseline's"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         got = [recs[(row.table, row.name, s)] for s in seeds if (row.table, row.name, s) in recs]
@@ -194,6 +194,12 @@ def _table(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
             cells.append("baseline" if any(r.baseline_key == (row.table, row.name) for r in ROWS) else "-")
         cells.append(_ms([_num(r["final"].get("seconds_per_iter")) for r in got], 1, 2))
         cells.append(_ms([_num(r["final"].get("eval_seconds")) for r in got], 1, 1))
+        ratios = []  # per seed, against the paired baseline run (evaluation never warps: ~1 up to machine noise)
+        for s in seeds:
+            a, b = recs.get((row.table, row.name, s)), recs.get((*row.baseline_key, s)) if row.baseline else None
+            if a and b and _num(a["final"].get("eval_seconds")) and _num(b["final"].get("eval_seconds")):
+                ratios.append(a["final"]["eval_seconds"] / b["final"]["eval_seconds"])
+        cells.append(_ms(ratios, 1, 2) if ratios else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
