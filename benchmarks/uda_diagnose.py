@@ -2,6 +2,7 @@
 
     python benchmarks/uda_diagnose.py                       # every finished detection run in results/runs
     python benchmarks/uda_diagnose.py --runs detection__uda__s0 detection__source_only__s0
+    python benchmarks/uda_diagnose.py --warps               # + what each guidance does to the source objects
 
 For each finished run of ``benchmarks/uda_table.py``'s detection table (``results/runs/<run>/last.pt``
 and its ``config.yaml``), loads the final student and, when the run adapted, the final EMA teacher, and
@@ -78,15 +79,63 @@ def diagnose(run_dir: Path, images: int = 200, threads: int = 1) -> dict:
     return out
 
 
+def warp_stats(pair: str = "synthetic_day2night", images: int = 200, size=(128, 256),
+               guidances=("instance", "static", "geometric")) -> dict:
+    """What each guidance does to the ground-truth objects of ``images`` source training scenes (the
+    recipes' default warp options): the objects' share of the pixels before / after the warp, and
+    the per-box area zoom (warped area / original area; < 1: the box is shrunk)."""
+    import torch
+
+    from warpadapt import SaliencyWarp, fit_static_prior
+    from warpadapt.data import SyntheticDrivingDataset, get_pair
+    from warpadapt.measure import pixel_share
+
+    ds = SyntheticDrivingDataset(get_pair(pair), "source", "train", size=tuple(size), length=images)
+    boxes = [ds[i]["boxes"].float() for i in range(images)]
+    prior = fit_static_prior(boxes, tuple(size))  # the recipes fit it on their source training boxes too
+    blank = torch.zeros(1, 3, *size)
+    out = {"pair": pair, "images": images, "size": list(size),
+           "boxes": sum(len(b) for b in boxes), "share_before": sum(pixel_share(b, size) for b in boxes) / images}
+    for g in guidances:
+        module = SaliencyWarp(g, prior=prior if g == "static" else None)
+        shares, zooms, small = [], [], []
+        for b in boxes:
+            _, warp = module(blank, [b])
+            shares.append(pixel_share(b, size, warp))
+            if len(b):
+                wb = warp.forward_boxes([b], tuple(size))[0]
+                area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+                zooms += ((wb[:, 2] - wb[:, 0]) * (wb[:, 3] - wb[:, 1]) / area.clamp_min(1e-6)).tolist()
+                small += (area < 32 ** 2).tolist()
+        z = torch.tensor(zooms)
+        zs = z[torch.tensor(small)]
+        out[g] = {"share_after": sum(shares) / images, "zoom_median": float(z.median()),
+                  "zoom_p10": float(z.quantile(0.1)), "shrunk": float((z < 1).float().mean()),
+                  "small_zoom_median": float(zs.median()) if len(zs) else float("nan"),
+                  "small_shrunk": float((zs < 1).float().mean()) if len(zs) else float("nan")}
+        print(f"{g}: object share {100 * out['share_before']:.1f}% -> {100 * out[g]['share_after']:.1f}%, box area zoom "
+              f"median {out[g]['zoom_median']:.2f} (10th percentile {out[g]['zoom_p10']:.2f}), shrunk "
+              f"{100 * out[g]['shrunk']:.0f}% of boxes; small boxes: zoom median {out[g]['small_zoom_median']:.2f}",
+              flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=ROOT / "results", help="the table's results folder (runs/ inside)")
     ap.add_argument("--runs", nargs="+", default=None, help="run names (default: every detection run in runs/)")
     ap.add_argument("--images", type=int, default=200, help="target train images for the pseudo-label check")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warps", action="store_true", help="also what each guidance does to the source objects")
     a = ap.parse_args(argv)
     if a.images < 1:
         ap.error(f"--images must be >= 1, got {a.images}")
+    if a.warps and not (a.results / "diagnose" / "warps.json").exists():
+        import torch
+        torch.set_num_threads(a.threads)
+        rec = warp_stats(images=a.images)
+        (a.results / "diagnose").mkdir(parents=True, exist_ok=True)
+        (a.results / "diagnose" / "warps.json").write_text(json.dumps(rec, indent=2) + "\n")
     names = a.runs or sorted(p.name for p in (a.results / "runs").glob("detection__*") if (p / "final.json").is_file())
     for name in names:
         dest = a.results / "diagnose" / f"{name}.json"

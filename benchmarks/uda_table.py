@@ -235,6 +235,26 @@ def _per_class(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
     return lines
 
 
+def _warp_effects(out: Path) -> list[str]:
+    """benchmarks/uda_diagnose.py --warps: what each guidance does to the source objects."""
+    path = out / "diagnose" / "warps.json"
+    if not path.exists():
+        return []
+    w = json.loads(path.read_text())
+    lines = ["### What each guidance does to the source objects", "",
+             f"`python benchmarks/uda_diagnose.py --warps`: {w['images']} source training scenes of {w['pair']} "
+             f"at {w['size'][0]} x {w['size'][1]} ({w['boxes']} boxes), the recipes' warp options. Objects cover "
+             f"{100 * w['share_before']:.1f} % of the pixels before any warp. Zoom = warped box area / original area.",
+             "", "| guidance | object pixel share after | box zoom, median | 10th percentile | boxes shrunk "
+                 "| small (< 32² px) boxes: zoom median |", "|---|---|---|---|---|---|"]
+    for g in ("instance", "static", "geometric"):
+        if g in w:
+            v = w[g]
+            lines.append(f"| {g} | {100 * v['share_after']:.1f} % | {v['zoom_median']:.2f} | {v['zoom_p10']:.2f} | "
+                         f"{100 * v['shrunk']:.0f} % | {v['small_zoom_median']:.2f} |")
+    return lines + [""]
+
+
 def _diagnosis(out: Path, seeds: list[int]) -> list[str]:
     """benchmarks/uda_diagnose.py's per-run JSON, averaged per detection row: the final student and
     teacher on target test, and the pseudo-labels each would give on target train."""
@@ -332,7 +352,9 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
             lines += ["", f"Command of one run (the others differ only in the row's overrides and the seed): "
                           f"`{_relative(example['command'])}`"]
         lines.append("")
-    lines += _diagnosis(out, seeds)
+    diagnosis = _warp_effects(out) + _diagnosis(out, seeds)
+    if diagnosis:
+        lines += ["## Diagnosis", "", *diagnosis]
     if _intensity_plot(recs, seeds, doc.parent / "results_intensity.png"):
         lines += ["![target mIoU vs warp intensity](results_intensity.png)", ""]
     if reading:

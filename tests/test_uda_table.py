@@ -52,13 +52,15 @@ def test_quick_runs_write_raw_json_skip_done_and_report(tmp_path):
     spec = importlib.util.spec_from_file_location("uda_diagnose", ROOT / "benchmarks" / "uda_diagnose.py")
     diag = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(diag)
-    assert diag.main(["--results", str(tmp_path), "--images", "2"]) == 0
+    assert diag.main(["--results", str(tmp_path), "--images", "2", "--warps"]) == 0
+    w = json.loads((tmp_path / "diagnose" / "warps.json").read_text())
+    assert w["images"] == 2 and all(w[g]["share_after"] > w["share_before"] for g in ("instance", "static"))
     d = json.loads((tmp_path / "diagnose" / "detection__instance_always__s0.json").read_text())
     assert set(d) >= {"student", "teacher"} and d["images"] == 2 and d["target_split"] == "test"
     assert d["student"]["pseudo"]["gt"] > 0 and d["teacher"]["pseudo"]["images"] == 2
     table.main(args + ["--report-only"])
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "| UDA + Instance-Warp (always) | 2 | teacher |" in report
+    assert "| UDA + Instance-Warp (always) | 2 | teacher |" in report and "| geometric |" in report
     # where the difference comes from: per-class paired Δ columns for both tables
     assert "| class | Δ AP50: UDA + Instance-Warp (always) |" in report
     assert "| class | Δ IoU: UDA + Instance-Warp |" in report
