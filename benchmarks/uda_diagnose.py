@@ -1,19 +1,22 @@
-"""Why a detection row of the adaptation table scores what it does: student vs teacher, pseudo-label quality.
+"""Why a row of the adaptation table scores what it does: student vs teacher, pseudo-label quality.
 
-    python benchmarks/uda_diagnose.py                       # every finished detection run in results/runs
+    python benchmarks/uda_diagnose.py                       # every finished run in results/runs
     python benchmarks/uda_diagnose.py --runs detection__uda__s0 detection__source_only__s0
     python benchmarks/uda_diagnose.py --warps               # + what each guidance does to the source objects
 
-For each finished run of ``benchmarks/uda_table.py``'s detection table (``results/runs/<run>/last.pt``
-and its ``config.yaml``), loads the final student and, when the run adapted, the final EMA teacher, and
+For each finished run of ``benchmarks/uda_table.py`` (``results/runs/<run>/last.pt`` and its
+``config.yaml``), loads the final student and, when the run adapted, the final EMA teacher, and
 measures on the synthetic target:
 
-- target ``test`` mAP50 and AP small of each model (2PCNet reports the teacher; the student is the
-  model that trained on the pseudo-labels);
-- the quality of the pseudo-labels each model would give: its detections on the first ``--images``
-  target ``train`` images above the run's ``uda.threshold`` (and above 0.5), matched to the ground truth
-  the method never sees (``warpadapt.uda.pseudo.pseudo_label_quality``: precision, recall, boxes per
-  image at IoU 0.5).
+- detection: target ``test`` mAP50 and AP small of each model (2PCNet reports the teacher; the student
+  is the model that trained on the pseudo-labels), and the pseudo-labels each would give: its
+  detections on the first ``--images`` target ``train`` images above the run's ``uda.threshold``,
+  matched to the ground truth the method never sees (``warpadapt.uda.pseudo.pseudo_label_quality``:
+  precision, recall, boxes per image at IoU 0.5);
+- segmentation: target ``test`` mIoU of each model, and on up to 100 target ``train`` images the share
+  of pixels whose max probability passes ``uda.threshold`` (DACS's confidence), their accuracy, and how
+  much of the image is predicted as road against the truth (self-training on fog tends to grow or lose
+  whole stuff classes).
 
 One JSON per run under ``results/diagnose/`` (runs already there are skipped); ``uda_table.py`` puts
 them in docs/RESULTS.md. Evaluation only: nothing trains.
@@ -30,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _recipe():
-    spec = importlib.util.spec_from_file_location("twopcnet_recipe", ROOT / "recipes" / "twopcnet.py")
+def _recipe(name: str = "twopcnet"):
+    spec = importlib.util.spec_from_file_location(f"{name}_recipe", ROOT / "recipes" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -76,6 +79,62 @@ def diagnose(run_dir: Path, images: int = 200, threads: int = 1) -> dict:
         print(f"{run_dir.name} {name}: target mAP50 {100 * res['mAP50']:.1f}; pseudo-labels > {cfg.uda.threshold}: "
               f"{q['pseudo_per_image']:.2f} / image (ground truth {q['gt_per_image']:.2f}), precision "
               f"{100 * q['precision']:.1f}, recall {100 * q['recall']:.1f}", flush=True)
+    return out
+
+
+def diagnose_segmentation(run_dir: Path, images: int = 100, threads: int = 1) -> dict:
+    """mic runs: the final student and teacher on target test, and the teacher-style pseudo-labels each
+    gives on target train (argmax, confident where max probability > uda.threshold)."""
+    import torch
+
+    from warpadapt.models import Segmenter
+    from warpadapt.uda.checkpoint import load_checkpoint
+    from warpadapt.uda.config import load_config
+    from warpadapt.uda.dist import DistInfo
+
+    torch.set_num_threads(threads)
+    mic = _recipe("mic")
+    cfg = load_config("mic", ["--config", str(run_dir / "config.yaml")])
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    if ckpt["step"] != cfg.train.iters:
+        raise ValueError(f"{run_dir}: checkpoint at step {ckpt['step']}, run planned {cfg.train.iters}: unfinished")
+    _, tgt_train, src_val, tgt_test = mic.build_datasets(cfg)
+    models = {"student": ckpt["student"]}
+    if cfg.uda.enabled:
+        models["teacher"] = {k.removeprefix("module."): v for k, v in ckpt["teacher"].items()}
+    n = min(images, len(tgt_train))
+    out = {"run": run_dir.name, "iters": ckpt["step"], "threshold": cfg.uda.threshold, "images": n,
+           "target_split": cfg.eval.target_split}
+    road = mic.CITYSCAPES_CLASSES.index("road")
+    for name, state in models.items():
+        m = cfg.model
+        net = Segmenter(m.backbone, mic.NUM_CLASSES, m.out_indices, None, m.embed_dim, m.dropout, "none")
+        net.load_state_dict(state)
+        net.eval()
+        res = mic.evaluate(net, (src_val, tgt_test), cfg, DistInfo())
+        confident = correct = valid = road_pred = road_gt = road_tp = 0
+        with torch.no_grad():
+            for i in range(0, n, cfg.eval.batch_size):
+                items = [tgt_train[j] for j in range(i, min(n, i + cfg.eval.batch_size))]
+                prob, pred = net(torch.stack([it["image"] for it in items])).softmax(1).max(1)
+                gt = torch.stack([it["semantic"] for it in items])
+                ok = gt != mic.IGNORE_INDEX
+                conf = (prob > cfg.uda.threshold) & ok
+                valid += int(ok.sum())
+                confident += int(conf.sum())
+                correct += int(((pred == gt) & conf).sum())
+                road_pred, road_gt = road_pred + int(((pred == road) & ok).sum()), road_gt + int((gt == road).sum())
+                road_tp += int(((pred == road) & (gt == road)).sum())
+        out[name] = {"target_miou": res["target_miou"], "target_thing_miou": res["target_thing_miou"],
+                     "source_miou": res["source_miou"], "target_iou": res["target_iou"],
+                     "confident_share": confident / max(1, valid), "confident_accuracy": correct / max(1, confident),
+                     "road_pred_share": road_pred / max(1, valid), "road_gt_share": road_gt / max(1, valid),
+                     "road_iou_train": road_tp / max(1, road_pred + road_gt - road_tp)}
+        o = out[name]
+        print(f"{run_dir.name} {name}: target mIoU {100 * o['target_miou']:.1f}; confident pixels "
+              f"{100 * o['confident_share']:.1f}% at accuracy {100 * o['confident_accuracy']:.1f}%; road predicted on "
+              f"{100 * o['road_pred_share']:.1f}% of the pixels (truth {100 * o['road_gt_share']:.1f}%), "
+              f"road IoU {100 * o['road_iou_train']:.1f}", flush=True)
     return out
 
 
@@ -136,7 +195,7 @@ def main(argv=None) -> int:
         rec = warp_stats(images=a.images)
         (a.results / "diagnose").mkdir(parents=True, exist_ok=True)
         (a.results / "diagnose" / "warps.json").write_text(json.dumps(rec, indent=2) + "\n")
-    names = a.runs or sorted(p.name for p in (a.results / "runs").glob("detection__*") if (p / "final.json").is_file())
+    names = a.runs or sorted(p.name for p in (a.results / "runs").glob("*__*__s*") if (p / "final.json").is_file())
     for name in names:
         dest = a.results / "diagnose" / f"{name}.json"
         if dest.exists():
@@ -145,7 +204,8 @@ def main(argv=None) -> int:
         if not (run_dir / "last.pt").is_file():
             print(f"{name}: no {run_dir / 'last.pt'}; skipped", file=sys.stderr)
             continue
-        rec = diagnose(run_dir, a.images, a.threads)
+        seg = json.loads((run_dir / "final.json").read_text()).get("target_miou") is not None
+        rec = diagnose_segmentation(run_dir, min(a.images, 100), a.threads) if seg else diagnose(run_dir, a.images, a.threads)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=2) + "\n")

@@ -288,6 +288,35 @@ def _diagnosis(out: Path, seeds: list[int]) -> list[str]:
             "", *lines, ""]
 
 
+def _diagnosis_segmentation(out: Path, seeds: list[int]) -> list[str]:
+    """benchmarks/uda_diagnose.py on the segmentation runs: student / teacher, confident pixels, road."""
+    diag = {}
+    for p in sorted((out / "diagnose").glob("segmentation__*.json")):
+        d = json.loads(p.read_text())
+        _, row, seed = d["run"].rsplit("__", 2)
+        if int(seed[1:]) in seeds:
+            diag.setdefault(row, []).append(d)
+    if not diag:
+        return []
+    lines = ["| row | n | model | target mIoU | thing mIoU | confident pixels | their accuracy "
+             "| road predicted / true share | road IoU |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in (r for r in ROWS if r.table == "segmentation" and r.name in diag):
+        for model in ("teacher", "student"):
+            got = [d[model] for d in diag[row.name] if model in d]
+            if got:
+                lines.append(
+                    f"| {row.label} | {len(got)} | {model} | {_ms([g['target_miou'] for g in got], 100)} | "
+                    f"{_ms([g['target_thing_miou'] for g in got], 100)} | {_ms([g['confident_share'] for g in got], 100)} | "
+                    f"{_ms([g['confident_accuracy'] for g in got], 100)} | {_ms([g['road_pred_share'] for g in got], 100)} / "
+                    f"{statistics.mean(g['road_gt_share'] for g in got) * 100:.1f} | {_ms([g['road_iou_train'] for g in got], 100)} |")
+    thr = next(iter(diag.values()))[0]["threshold"]
+    return ["### Segmentation: student or teacher, and the pseudo-labels they give", "",
+            "`python benchmarks/uda_diagnose.py` on the final checkpoints: target test mIoU of the final student "
+            f"(what MIC reports) and EMA teacher; on 100 target train images, the share of labelled pixels whose max "
+            f"probability passes {thr} (DACS's confidence) and their accuracy, and the share predicted as road "
+            "against the true share (all %).", "", *lines, ""]
+
+
 def _intensity_plot(recs: dict, seeds: list[int], path: Path) -> bool:
     import matplotlib
     matplotlib.use("Agg")
@@ -352,7 +381,7 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
             lines += ["", f"Command of one run (the others differ only in the row's overrides and the seed): "
                           f"`{_relative(example['command'])}`"]
         lines.append("")
-    diagnosis = _warp_effects(out) + _diagnosis(out, seeds)
+    diagnosis = _warp_effects(out) + _diagnosis(out, seeds) + _diagnosis_segmentation(out, seeds)
     if diagnosis:
         lines += ["## Diagnosis", "", *diagnosis]
     if _intensity_plot(recs, seeds, doc.parent / "results_intensity.png"):

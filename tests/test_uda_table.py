@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,6 +63,10 @@ def test_quick_runs_write_raw_json_skip_done_and_report(tmp_path):
     table.main(args + ["--report-only"])
     report = (tmp_path / "RESULTS.md").read_text()
     assert "| UDA + Instance-Warp (always) | 2 | teacher |" in report and "| geometric |" in report
+    seg = json.loads((tmp_path / "diagnose" / "segmentation__instance__s1.json").read_text())
+    assert 0 <= seg["teacher"]["confident_share"] <= 1 and seg["student"]["target_miou"] == pytest.approx(
+        json.loads((tmp_path / "raw" / "segmentation__instance__s1.json").read_text())["final"]["target_miou"])
+    assert "| UDA + Instance-Warp | 2 | student |" in report
     # where the difference comes from: per-class paired Δ columns for both tables
     assert "| class | Δ AP50: UDA + Instance-Warp (always) |" in report
     assert "| class | Δ IoU: UDA + Instance-Warp |" in report
