@@ -14,9 +14,10 @@ measures on the synthetic target:
   matched to the ground truth the method never sees (``warpadapt.uda.pseudo.pseudo_label_quality``:
   precision, recall, boxes per image at IoU 0.5);
 - segmentation: target ``test`` mIoU of each model, and on up to 100 target ``train`` images the share
-  of pixels whose max probability passes ``uda.threshold`` (DACS's confidence), their accuracy, and how
+  of pixels whose max probability passes ``uda.threshold`` (DACS's confidence), their accuracy, how
   much of the image is predicted as road against the truth (self-training on fog tends to grow or lose
-  whole stuff classes).
+  whole stuff classes), and road recall in four bands of image rows from the horizon (far, where the
+  instance and static warps magnify) to the bottom (near).
 
 One JSON per run under ``results/diagnose/`` (runs already there are skipped); ``uda_table.py`` puts
 them in docs/RESULTS.md. Evaluation only: nothing trains.
@@ -82,6 +83,9 @@ def diagnose(run_dir: Path, images: int = 200, threads: int = 1) -> dict:
     return out
 
 
+ROAD_BANDS = ((0.40, 0.55), (0.55, 0.70), (0.70, 0.85), (0.85, 1.0))  # image rows as fractions of H: far -> near
+
+
 def diagnose_segmentation(run_dir: Path, images: int = 100, threads: int = 1) -> dict:
     """mic runs: the final student and teacher on target test, and the teacher-style pseudo-labels each
     gives on target train (argmax, confident where max probability > uda.threshold)."""
@@ -113,6 +117,7 @@ def diagnose_segmentation(run_dir: Path, images: int = 100, threads: int = 1) ->
         net.eval()
         res = mic.evaluate(net, (src_val, tgt_test), cfg, DistInfo())
         confident = correct = valid = road_pred = road_gt = road_tp = 0
+        band_gt, band_tp = torch.zeros(len(ROAD_BANDS)), torch.zeros(len(ROAD_BANDS))
         with torch.no_grad():
             for i in range(0, n, cfg.eval.batch_size):
                 items = [tgt_train[j] for j in range(i, min(n, i + cfg.eval.batch_size))]
@@ -125,16 +130,24 @@ def diagnose_segmentation(run_dir: Path, images: int = 100, threads: int = 1) ->
                 correct += int(((pred == gt) & conf).sum())
                 road_pred, road_gt = road_pred + int(((pred == road) & ok).sum()), road_gt + int((gt == road).sum())
                 road_tp += int(((pred == road) & (gt == road)).sum())
+                h = gt.shape[-2]
+                for k, (lo, hi) in enumerate(ROAD_BANDS):  # road recall by image row: far (horizon) to near
+                    rows = slice(int(lo * h), int(hi * h))
+                    band_gt[k] += int((gt[:, rows] == road).sum())
+                    band_tp[k] += int(((pred[:, rows] == road) & (gt[:, rows] == road)).sum())
         out[name] = {"target_miou": res["target_miou"], "target_thing_miou": res["target_thing_miou"],
                      "source_miou": res["source_miou"], "target_iou": res["target_iou"],
                      "confident_share": confident / max(1, valid), "confident_accuracy": correct / max(1, confident),
                      "road_pred_share": road_pred / max(1, valid), "road_gt_share": road_gt / max(1, valid),
-                     "road_iou_train": road_tp / max(1, road_pred + road_gt - road_tp)}
+                     "road_iou_train": road_tp / max(1, road_pred + road_gt - road_tp),
+                     "road_recall_by_band": (band_tp / band_gt.clamp_min(1)).tolist(),
+                     "road_share_by_band": (band_gt / band_gt.sum().clamp_min(1)).tolist()}
         o = out[name]
         print(f"{run_dir.name} {name}: target mIoU {100 * o['target_miou']:.1f}; confident pixels "
               f"{100 * o['confident_share']:.1f}% at accuracy {100 * o['confident_accuracy']:.1f}%; road predicted on "
               f"{100 * o['road_pred_share']:.1f}% of the pixels (truth {100 * o['road_gt_share']:.1f}%), "
-              f"road IoU {100 * o['road_iou_train']:.1f}", flush=True)
+              f"road IoU {100 * o['road_iou_train']:.1f}, road recall far -> near "
+              f"{' '.join(f'{100 * r:.0f}' for r in o['road_recall_by_band'])}", flush=True)
     return out
 
 
@@ -157,10 +170,14 @@ def warp_stats(pair: str = "synthetic_day2night", images: int = 200, size=(128, 
            "boxes": sum(len(b) for b in boxes), "share_before": sum(pixel_share(b, size) for b in boxes) / images}
     for g in guidances:
         module = SaliencyWarp(g, prior=prior if g == "static" else None)
-        shares, zooms, small = [], [], []
+        shares, zooms, small, bands = [], [], [], []
+        h, w = size
+        strips = torch.tensor([[0.0, lo * h, float(w), hi * h] for lo, hi in ROAD_BANDS])
         for b in boxes:
             _, warp = module(blank, [b])
             shares.append(pixel_share(b, size, warp))
+            ws = warp.forward_boxes([strips], tuple(size))[0]  # full-width row bands: their vertical zoom
+            bands.append(((ws[:, 3] - ws[:, 1]) / (strips[:, 3] - strips[:, 1])).tolist())
             if len(b):
                 wb = warp.forward_boxes([b], tuple(size))[0]
                 area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
@@ -171,10 +188,12 @@ def warp_stats(pair: str = "synthetic_day2night", images: int = 200, size=(128, 
         out[g] = {"share_after": sum(shares) / images, "zoom_median": float(z.median()),
                   "zoom_p10": float(z.quantile(0.1)), "shrunk": float((z < 1).float().mean()),
                   "small_zoom_median": float(zs.median()) if len(zs) else float("nan"),
-                  "small_shrunk": float((zs < 1).float().mean()) if len(zs) else float("nan")}
+                  "small_shrunk": float((zs < 1).float().mean()) if len(zs) else float("nan"),
+                  "row_band_zoom": torch.tensor(bands).mean(0).tolist()}
         print(f"{g}: object share {100 * out['share_before']:.1f}% -> {100 * out[g]['share_after']:.1f}%, box area zoom "
               f"median {out[g]['zoom_median']:.2f} (10th percentile {out[g]['zoom_p10']:.2f}), shrunk "
-              f"{100 * out[g]['shrunk']:.0f}% of boxes; small boxes: zoom median {out[g]['small_zoom_median']:.2f}",
+              f"{100 * out[g]['shrunk']:.0f}% of boxes; small boxes: zoom median {out[g]['small_zoom_median']:.2f}; "
+              f"height of the row bands far -> near x {' '.join(f'{z:.2f}' for z in out[g]['row_band_zoom'])}",
               flush=True)
     return out
 
