@@ -257,15 +257,21 @@ def _warp_effects(out: Path) -> list[str]:
     return lines + [""]
 
 
-def _diagnosis(out: Path, seeds: list[int]) -> list[str]:
-    """benchmarks/uda_diagnose.py's per-run JSON, averaged per detection row: the final student and
-    teacher on target test, and the pseudo-labels each would give on target train."""
+def _diagnoses(out: Path, table: str, seeds: list[int]) -> dict[str, list[dict]]:
+    """row name -> the benchmarks/uda_diagnose.py records of that table's runs with these seeds."""
     diag = {}
-    for p in sorted((out / "diagnose").glob("detection__*.json")):
+    for p in sorted((out / "diagnose").glob(f"{table}__*.json")):
         d = json.loads(p.read_text())
         _, row, seed = d["run"].rsplit("__", 2)
         if int(seed[1:]) in seeds:
             diag.setdefault(row, []).append(d)
+    return diag
+
+
+def _diagnosis(out: Path, seeds: list[int]) -> list[str]:
+    """benchmarks/uda_diagnose.py's per-run JSON, averaged per detection row: the final student and
+    teacher on target test, and the pseudo-labels each would give on target train."""
+    diag = _diagnoses(out, "detection", seeds)
     if not diag:
         return []
     lines = ["| row | n | model | target mAP50 | AP small | pseudo-labels / image (ground truth) | precision | recall |",
@@ -292,12 +298,7 @@ def _diagnosis(out: Path, seeds: list[int]) -> list[str]:
 
 def _diagnosis_segmentation(out: Path, seeds: list[int]) -> list[str]:
     """benchmarks/uda_diagnose.py on the segmentation runs: student / teacher, confident pixels, road."""
-    diag = {}
-    for p in sorted((out / "diagnose").glob("segmentation__*.json")):
-        d = json.loads(p.read_text())
-        _, row, seed = d["run"].rsplit("__", 2)
-        if int(seed[1:]) in seeds:
-            diag.setdefault(row, []).append(d)
+    diag = _diagnoses(out, "segmentation", seeds)
     if not diag:
         return []
     lines = ["| row | n | model | target mIoU | thing mIoU | confident pixels | their accuracy "
