@@ -201,7 +201,7 @@ def warp_stats(pair: str = "synthetic_day2night", images: int = 200, size=(128, 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=ROOT / "results", help="the table's results folder (runs/ inside)")
-    ap.add_argument("--runs", nargs="+", default=None, help="run names (default: every detection run in runs/)")
+    ap.add_argument("--runs", nargs="+", default=None, help="run names (default: every finished run in runs/)")
     ap.add_argument("--images", type=int, default=200, help="target train images for the pseudo-label check")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warps", action="store_true", help="also what each guidance does to the source objects")
