@@ -3,6 +3,7 @@
     python benchmarks/uda_diagnose.py                       # every finished run in results/runs
     python benchmarks/uda_diagnose.py --runs detection__uda__s0 detection__source_only__s0
     python benchmarks/uda_diagnose.py --warps               # + what each guidance does to the source objects
+    python benchmarks/uda_diagnose.py --bn                  # + segmentation with BatchNorm statistics re-estimated
 
 For each finished run of ``benchmarks/uda_table.py`` (``results/runs/<run>/last.pt`` and its
 ``config.yaml``), loads the final student and, when the run adapted, the final EMA teacher, and
@@ -18,6 +19,9 @@ measures on the synthetic target:
   much of the image is predicted as road against the truth (self-training on fog tends to grow or lose
   whole stuff classes), and road recall in four bands of image rows from the horizon (far, where the
   instance and static warps magnify) to the bottom (near).
+
+With ``--bn``, each segmentation run's final student is also evaluated with its BatchNorm running
+statistics re-estimated from plain source / target train images (``results/diagnose/bn/``).
 
 One JSON per run under ``results/diagnose/`` (runs already there are skipped); ``uda_table.py`` puts
 them in docs/RESULTS.md. Evaluation only: nothing trains.
@@ -151,6 +155,44 @@ def diagnose_segmentation(run_dir: Path, images: int = 100, threads: int = 1) ->
     return out
 
 
+def bn_recalibration(run_dir: Path, images: int = 64, threads: int = 1) -> dict:
+    """mic runs: the final student on source val / target test as trained, then with its BatchNorm
+    running statistics re-estimated (``warpadapt.uda.bn.recompute_bn_stats``) from ``images`` plain
+    source train images, and from ``images`` target train images (AdaBN: unlabelled, as UDA allows).
+    If evaluation-time statistics are what holds a row back, the re-estimated rows say how much."""
+    import torch
+
+    from warpadapt.models import Segmenter
+    from warpadapt.uda.bn import recompute_bn_stats
+    from warpadapt.uda.checkpoint import load_checkpoint
+    from warpadapt.uda.config import load_config
+    from warpadapt.uda.dist import DistInfo
+
+    torch.set_num_threads(threads)
+    mic = _recipe("mic")
+    cfg = load_config("mic", ["--config", str(run_dir / "config.yaml")])
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    if ckpt["step"] != cfg.train.iters:
+        raise ValueError(f"{run_dir}: checkpoint at step {ckpt['step']}, run planned {cfg.train.iters}: unfinished")
+    src_train, tgt_train, src_val, tgt_test = mic.build_datasets(cfg)
+    m, bs = cfg.model, cfg.eval.batch_size
+    net = Segmenter(m.backbone, mic.NUM_CLASSES, m.out_indices, None, m.embed_dim, m.dropout, "none")
+    out = {"run": run_dir.name, "images": images, "bn_stats": cfg.train.get("bn_stats", "all")}
+    for name, ds in (("as_trained", None), ("source", src_train), ("target", tgt_train)):
+        net.load_state_dict(ckpt["student"])
+        if ds is not None:
+            n = min(images, len(ds))
+            recompute_bn_stats(net, (torch.stack([ds[j]["image"] for j in range(i, min(n, i + bs))])
+                                     for i in range(0, n, bs)))
+        net.eval()
+        res = mic.evaluate(net, (src_val, tgt_test), cfg, DistInfo())
+        out[name] = {k: res[k] for k in ("target_miou", "target_thing_miou", "source_miou", "target_iou")}
+    print(f"{run_dir.name}: target mIoU as trained {100 * out['as_trained']['target_miou']:.1f}, BatchNorm statistics "
+          f"from source train {100 * out['source']['target_miou']:.1f}, from target train "
+          f"{100 * out['target']['target_miou']:.1f}", flush=True)
+    return out
+
+
 def warp_stats(pair: str = "synthetic_day2night", images: int = 200, size=(128, 256),
                guidances=("instance", "static", "geometric")) -> dict:
     """What each guidance does to the ground-truth objects of ``images`` source training scenes (the
@@ -205,6 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=200, help="target train images for the pseudo-label check")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warps", action="store_true", help="also what each guidance does to the source objects")
+    ap.add_argument("--bn", action="store_true", help="segmentation runs: also the student with BatchNorm statistics "
+                    "re-estimated from source / target train images (results/diagnose/bn/)")
     a = ap.parse_args(argv)
     if a.images < 1:
         ap.error(f"--images must be >= 1, got {a.images}")
@@ -225,6 +269,17 @@ def main(argv=None) -> int:
             continue
         seg = json.loads((run_dir / "final.json").read_text()).get("target_miou") is not None
         rec = diagnose_segmentation(run_dir, min(a.images, 100), a.threads) if seg else diagnose(run_dir, a.images, a.threads)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=2) + "\n")
+        os.replace(tmp, dest)
+    for name in names if a.bn else ():
+        dest, run_dir = a.results / "diagnose" / "bn" / f"{name}.json", a.results / "runs" / name
+        if dest.exists() or not (run_dir / "last.pt").is_file() or name.startswith("detection__"):
+            continue
+        if json.loads((run_dir / "final.json").read_text()).get("target_miou") is None:
+            continue
+        rec = bn_recalibration(run_dir, threads=a.threads)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=2) + "\n")

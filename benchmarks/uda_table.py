@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Row:
-    table: str            # detection | segmentation | intensity | backbones
+    table: str            # detection | segmentation | intensity | backbones | bn_stats
     name: str             # row id, unique within its table
     label: str            # what the table shows
     recipe: str           # twopcnet | mic
@@ -77,10 +77,18 @@ def _rows() -> list[Row]:
         rows += [Row("backbones", f"{bb}_uda", f"{bb}: UDA (no warp)", *SEG, (f"model.backbone={bb}", "warp.guidance=none"), None),
                  Row("backbones", f"{bb}_instance", f"{bb}: + Instance-Warp", *SEG,
                      (f"model.backbone={bb}", "warp.guidance=instance"), f"{bb}_uda")]
+    # BatchNorm running statistics kept to the source forward (train.bn_stats=source; docs/RESULTS_reading.md):
+    # the UDA rows are paired against the same row trained with bn_stats=all, the warp rows against their UDA row
+    for bb, base in (("pvt_v2_b0", "segmentation/uda"), ("resnet18", "backbones/resnet18_uda")):
+        rows += [Row("bn_stats", f"{bb}_uda", f"{bb}: UDA (no warp), bn_stats=source", *SEG,
+                     (f"model.backbone={bb}", "warp.guidance=none", "train.bn_stats=source"), base),
+                 Row("bn_stats", f"{bb}_instance", f"{bb}: + Instance-Warp, bn_stats=source", *SEG,
+                     (f"model.backbone={bb}", "warp.guidance=instance", "train.bn_stats=source"), f"{bb}_uda")]
     return rows
 
 
 ROWS = _rows()
+TABLES = tuple(dict.fromkeys(r.table for r in ROWS))
 QUICK = {  # tiny runs: they check the pipeline end to end, their numbers mean nothing
     "twopcnet": ("data.image_size=[32,64]", "data.train_images=16", "data.val_images=2", "eval.max_images=2",
                  "eval.every=0", "train.batch_size=2", "train.iters=2", "train.burn_in=1", "train.warmup=1",
@@ -325,6 +333,41 @@ def _diagnosis_segmentation(out: Path, seeds: list[int]) -> list[str]:
             "magnify, to near road at the bottom, which they compress; mean over seeds) (all %).", "", *lines, ""]
 
 
+def _bn_recalibration(out: Path, seeds: list[int]) -> list[str]:
+    """benchmarks/uda_diagnose.py --bn: each segmentation row's final student with its BatchNorm running
+    statistics as trained and re-estimated from plain source / target train images, paired against the
+    row's baseline under the same treatment."""
+    recs = {}
+    for p in sorted((out / "diagnose" / "bn").glob("*.json")):
+        d = json.loads(p.read_text())
+        table, row, seed = d["run"].rsplit("__", 2)
+        if int(seed[1:]) in seeds:
+            recs[(table, row, int(seed[1:]))] = d
+    if not recs:
+        return []
+    variants = (("as_trained", "as trained"), ("source", "from source train"), ("target", "from target train"))
+    lines = ["| row | n | " + " | ".join(f"target mIoU, statistics {v}" for _, v in variants) + " | "
+             + " | ".join(f"Δ vs baseline, {v}" for _, v in variants) + " |", "|" + "---|" * (2 + 2 * len(variants))]
+    for row in (r for r in ROWS if r.recipe == "mic"):
+        got = [recs[(row.table, row.name, s)] for s in seeds if (row.table, row.name, s) in recs]
+        if not got:
+            continue
+        cells = [row.label, str(len(got))] + [_ms([g[k]["target_miou"] for g in got], 100) for k, _ in variants]
+        for k, _ in variants:
+            pairs = [(recs[(row.table, row.name, s)], recs[(*row.baseline_key, s)]) for s in seeds
+                     if row.baseline and (row.table, row.name, s) in recs and (*row.baseline_key, s) in recs]
+            diffs = [a[k]["target_miou"] - b[k]["target_miou"] for a, b in pairs]
+            cells.append(_ms(diffs, 100) + (f" ({', '.join(f'{100 * d:+.1f}' for d in diffs)})" if diffs else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    n = next(iter(recs.values()))["images"]
+    return ["### Segmentation: BatchNorm running statistics", "",
+            "`python benchmarks/uda_diagnose.py --bn`: the final student of each segmentation run on target test "
+            "as trained, and with the running statistics of its BatchNorm layers re-estimated "
+            f"(`warpadapt.uda.bn.recompute_bn_stats`) from {n} plain source train images or {n} target train images "
+            "(no labels); Δ pairs each row with its baseline under the same treatment (same seed). If a row's "
+            "statistics, not its weights, hold it back, the re-estimated columns say so.", "", *lines, ""]
+
+
 def _intensity_plot(recs: dict, seeds: list[int], path: Path) -> bool:
     import matplotlib
     matplotlib.use("Agg")
@@ -374,7 +417,9 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
     titles = {"detection": "Detection: 2PCNet on synthetic_day2night (target mAP50, %)",
               "segmentation": "Segmentation: DACS + MIC on synthetic_clear2fog (target mIoU, %)",
               "intensity": "Warp intensity (segmentation, synthetic_clear2fog; FWHM 13 = the table's Instance-Warp row; Δ against its UDA row)",
-              "backbones": "Backbones (segmentation, synthetic_clear2fog; pvt_v2_b0 = the table above)"}
+              "backbones": "Backbones (segmentation, synthetic_clear2fog; pvt_v2_b0 = the table above)",
+              "bn_stats": "BatchNorm statistics from the source forward only (segmentation, train.bn_stats=source; "
+                          "Δ of a UDA row: against the same row with bn_stats=all; of a warp row: against its UDA row)"}
     for table, title in titles.items():
         rows = [r for r in ROWS if r.table == table]
         lines += [f"## {title}", ""]
@@ -389,7 +434,7 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
             lines += ["", f"Command of one run (the others differ only in the row's overrides and the seed): "
                           f"`{_relative(example['command'])}`"]
         lines.append("")
-    diagnosis = _warp_effects(out) + _diagnosis(out, seeds) + _diagnosis_segmentation(out, seeds)
+    diagnosis = _warp_effects(out) + _diagnosis(out, seeds) + _diagnosis_segmentation(out, seeds) + _bn_recalibration(out, seeds)
     if diagnosis:
         lines += ["## Diagnosis", "", *diagnosis]
     if _intensity_plot(recs, seeds, doc.parent / "results_intensity.png"):
@@ -405,8 +450,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "results", help="results folder (raw/ and runs/ inside)")
     ap.add_argument("--doc", type=Path, default=None, help="report path (default docs/RESULTS.md, or OUT/RESULTS.md with --quick)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--tables", nargs="+", default=["detection", "segmentation", "intensity", "backbones"],
-                    choices=["detection", "segmentation", "intensity", "backbones"])
+    ap.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
     ap.add_argument("--rows", nargs="+", default=None, help="only these row names")
     ap.add_argument("--quick", action="store_true", help="tiny runs (seconds each): checks the pipeline, numbers mean nothing")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each uses one CPU thread; 2 on 2 cores)")

@@ -16,6 +16,8 @@ Every iteration (ALGORITHM.md sections 5 and 7):
       pseudo-labels and q (not warped);
   (e) optimiser step, then teacher <- EMA of the student, alpha_t = min(1 - 1/(t+1), uda.ema_keep_rate);
   (f) log, evaluate (student, no warp), checkpoint.
+With train.bn_stats=source, (c) and (d) normalise with their batch statistics but leave BatchNorm's
+running statistics (what evaluation and the teacher use) to the source forward (warpadapt.uda.bn).
 Outputs in out_dir: config.yaml, metrics.jsonl, curves.png, last.pt (checkpoint), final.json,
 predictions.png (target images | labels | predictions), static_prior.npz (warp.guidance=static).
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,7 @@ from warpadapt import boxes_from_instance_map, boxes_from_semantic, fit_static_p
 from warpadapt.data import CityscapesSegmentation, SyntheticDrivingDataset, get_pair, label_ids_to_train_ids, list_pairs
 from warpadapt.data.labels import CITYSCAPES_CLASSES, GUIDANCE_TRAIN_IDS, IGNORE_INDEX, guidance_train_ids
 from warpadapt.models import Segmenter
+from warpadapt.uda.bn import frozen_bn_stats
 from warpadapt.uda.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from warpadapt.uda.config import check_choice, check_range, load_config, save_config
 from warpadapt.uda.data import infinite_loader
@@ -63,6 +67,7 @@ def check(cfg) -> None:
     check_choice(cfg, "eval.model", ("auto", "student", "teacher"))
     if cfg.eval.model == "teacher" and not cfg.uda.enabled:
         raise ValueError("config: eval.model: teacher needs uda.enabled=true (source-only training has no teacher)")
+    check_choice(cfg, "train.bn_stats", ("all", "source"))
     check_choice(cfg, "warp.guidance", ("instance", "static", "geometric", "none"))
     check_choice(cfg, "warp.classes", tuple(GUIDANCE_TRAIN_IDS))
     size = cfg.data.image_size
@@ -286,30 +291,33 @@ def main(argv=None) -> dict:
         loss_src.backward()
         logs = {"loss_src": loss_src.item()}
 
-        if u.enabled:
-            x_t = next(tgt_it)["images"].to(dev)  # target labels are never used
-            # (b) teacher pseudo-labels on the plain target image (no boxes: no warp), scalar weight q
-            with torch.no_grad():
-                confidence, pseudo = teacher(x_t).softmax(1).max(1)
-            q = (confidence >= u.threshold).float().mean()
-            w_t = q.expand_as(confidence)
+        # train.bn_stats=source: the self-training forwards (ClassMix collages, masked images) normalise
+        # with their batch statistics but leave BatchNorm's running ones (evaluation's, the teacher's) alone
+        with frozen_bn_stats(model) if t.bn_stats == "source" else nullcontext():
+            if u.enabled:
+                x_t = next(tgt_it)["images"].to(dev)  # target labels are never used
+                # (b) teacher pseudo-labels on the plain target image (no boxes: no warp), scalar weight q
+                with torch.no_grad():
+                    confidence, pseudo = teacher(x_t).softmax(1).max(1)
+                q = (confidence >= u.threshold).float().mean()
+                w_t = q.expand_as(confidence)
 
-            # (c) ClassMix: source pixels of half of its classes onto the target; colour jitter + blur
-            if u.classmix:
-                m = classmix_masks(y_s, gen, NUM_CLASSES, IGNORE_INDEX)
-                x_mix, y_mix, w_mix = mix(m, x_s, x_t), mix(m, y_s, pseudo), mix(m, torch.ones_like(w_t), w_t)
-            else:  # plain self-training on the augmented target image
-                x_mix, y_mix, w_mix = x_t, pseudo, w_t
-            loss_mix = weighted_ce(student(strong_augment(x_mix, gen, **aug)), y_mix, w_mix)
-            loss_mix.backward()
-            logs.update(loss_mix=loss_mix.item(), q=q.item())
+                # (c) ClassMix: source pixels of half of its classes onto the target; colour jitter + blur
+                if u.classmix:
+                    m = classmix_masks(y_s, gen, NUM_CLASSES, IGNORE_INDEX)
+                    x_mix, y_mix, w_mix = mix(m, x_s, x_t), mix(m, y_s, pseudo), mix(m, torch.ones_like(w_t), w_t)
+                else:  # plain self-training on the augmented target image
+                    x_mix, y_mix, w_mix = x_t, pseudo, w_t
+                loss_mix = weighted_ce(student(strong_augment(x_mix, gen, **aug)), y_mix, w_mix)
+                loss_mix.backward()
+                logs.update(loss_mix=loss_mix.item(), q=q.item())
 
-            # (d) MIC: the colour-augmented target masked in square patches, same pseudo-labels and q
-            if u.mic:
-                keep = patch_mask(x_t.shape[0], x_t.shape[-2:], u.mask_patch, u.mask_ratio, gen, dev)
-                loss_mic = u.mic_weight * weighted_ce(student(strong_augment(x_t, gen, **aug) * keep), pseudo, w_t)
-                loss_mic.backward()
-                logs["loss_mic"] = loss_mic.item()
+                # (d) MIC: the colour-augmented target masked in square patches, same pseudo-labels and q
+                if u.mic:
+                    keep = patch_mask(x_t.shape[0], x_t.shape[-2:], u.mask_patch, u.mask_ratio, gen, dev)
+                    loss_mic = u.mic_weight * weighted_ce(student(strong_augment(x_t, gen, **aug) * keep), pseudo, w_t)
+                    loss_mic.backward()
+                    logs["loss_mic"] = loss_mic.item()
 
         # (e) step, then the EMA teacher with the DACS schedule
         opt.step()

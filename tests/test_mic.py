@@ -164,6 +164,28 @@ def test_only_source_images_are_warped(tmp_path, monkeypatch):
     assert evals and all(c["warped"] is None and torch.equal(c["backbone_in"], c["expected"]) for c in evals)
 
 
+@pytest.mark.parametrize("bn_stats", ["all", "source"])
+def test_bn_stats_source_leaves_running_stats_to_the_source_forward(tmp_path, monkeypatch, bn_stats):
+    """bn_stats=source: of the 3 student forwards per iteration only the source one moves the running stats."""
+    seen, seg_forward = [], Segmenter.forward
+
+    def spy(self, images, boxes=None):
+        out = seg_forward(self, images, boxes)
+        if self.training:  # the fusion BatchNorm's running mean after each student forward
+            seen.append(self.head.fuse[1].running_mean.clone())
+        return out
+
+    monkeypatch.setattr(Segmenter, "forward", spy)
+    run(tmp_path, "model.backbone=resnet18", f"train.bn_stats={bn_stats}", iters=2)
+    assert len(seen) == 6  # source, ClassMix, MIC per iteration
+    moved = [not torch.equal(a, b) for a, b in zip(seen, seen[1:])]
+    assert moved == ([True] * 5 if bn_stats == "all" else [False, False, True, False, False])
+    ckpt = load_checkpoint(tmp_path / "last.pt")["student"]
+    assert int(ckpt["head.fuse.1.num_batches_tracked"]) == (6 if bn_stats == "all" else 2)
+    with pytest.raises(ValueError, match="train.bn_stats"):
+        run(tmp_path / "bad", "train.bn_stats=target")
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "vit_tiny_patch16_224", "convnext_atto"])
 def test_other_backbones(tmp_path, backbone):
     final = run(tmp_path, f"model.backbone={backbone}", "data.image_size=[32,64]", iters=1)

@@ -1,4 +1,5 @@
 """Shared recipe core (warpadapt.uda): configs, checkpoints, EMA, sampler, logger, evaluation."""
+import copy
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from warpadapt.uda.bn import frozen_bn_stats, recompute_bn_stats
 from warpadapt.uda.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from warpadapt.uda.config import check_choice, check_range, load_config, merge_overrides
 from warpadapt.uda.data import InfiniteSampler, infinite_loader
@@ -284,3 +286,53 @@ def test_pseudo_label_quality_counts_matches_once_per_ground_truth_box():
         pseudo_label_quality(ps, gt[:1])
     with pytest.raises(ValueError, match="iou"):
         pseudo_label_quality(ps, gt, iou=0.0)
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2, momentum=None))
+
+
+def test_frozen_bn_stats_keeps_running_stats_not_normalisation_or_gradients():
+    net, x = _bn_net().train(), torch.randn(4, 3, 8, 8) * 3 + 1
+    ref = copy.deepcopy(net)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with frozen_bn_stats(net):
+        out = net(x)
+        out.square().mean().backward()
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running stats and counters untouched
+    ref_out = ref(x)
+    ref_out.square().mean().backward()
+    assert torch.allclose(out, ref_out)  # still normalised with the batch's statistics
+    for p, q in zip(net.parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad)
+    assert [m.momentum for m in net.modules() if isinstance(m, nn.BatchNorm2d)] == [0.1, None]  # restored
+    net(x)  # outside the block the statistics move again
+    assert not torch.equal(net[1].running_mean, before["1.running_mean"])
+    assert int(net[1].num_batches_tracked) == 1
+
+
+def test_frozen_bn_stats_restores_after_an_error():
+    net = _bn_net().train()
+    with pytest.raises(RuntimeError):
+        with frozen_bn_stats(net):
+            net(torch.randn(2, 5, 8, 8))  # wrong channel count
+    assert net[1].momentum == 0.1 and net[4].momentum is None
+
+
+def test_recompute_bn_stats_is_the_equal_weight_average_and_restores_mode():
+    net = _bn_net().eval()
+    data = [torch.randn(3, 3, 8, 8) + i for i in range(3)]
+    assert recompute_bn_stats(net, data) == 3
+    assert not net.training and net[1].momentum == 0.1 and net[4].momentum is None
+    feats = [net[0](x) for x in data]
+    expected_mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    expected_var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    assert torch.allclose(net[1].running_mean, expected_mean, atol=1e-5)
+    assert torch.allclose(net[1].running_var, expected_var, atol=1e-4)
+    # a custom forward (dict batches) and the error for no batches
+    assert recompute_bn_stats(net, [{"x": x} for x in data], forward=lambda m, b: m(b["x"])) == 3
+    assert torch.allclose(net[1].running_mean, expected_mean, atol=1e-5)
+    with pytest.raises(ValueError, match="batches"):
+        recompute_bn_stats(net, [])

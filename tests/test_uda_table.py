@@ -24,6 +24,8 @@ def test_rows_cover_the_table():
         assert {(t, "source_only"), (t, "uda"), (t, "static"), (t, "geometric")} <= names
     assert {("detection", "instance_burn_in"), ("detection", "instance_always"), ("segmentation", "instance")} <= names
     assert len([n for n in names if n[0] == "intensity"]) == 2 and len([n for n in names if n[0] == "backbones"]) == 4
+    assert table.TABLES == ("detection", "segmentation", "intensity", "backbones", "bn_stats")
+    assert all("train.bn_stats=source" in r.overrides for r in table.ROWS if r.table == "bn_stats")
     for r in table.ROWS:  # every warp row is paired against a row that exists
         assert r.baseline is None or r.baseline_key in names
         cmd = table.command(r, 0, Path("/tmp/x"), quick=False)
@@ -90,3 +92,28 @@ def test_report_pairs_by_seed_across_tables_and_per_class(tmp_path):
     assert "| UDA (no warp) | 2 | 25.0 ± 7.1 |" in text and "baseline" in text
     assert "| road | 3.5 ± 2.1 |" in text  # per class: Δ road IoU +5, +2
     assert "| bus |" not in text  # absent from the test split in every run
+
+
+def test_report_bn_recalibration_pairs_each_treatment(tmp_path):
+    """diagnose/bn records with known numbers: each column of Δ pairs the row with its baseline under
+    the same BatchNorm treatment, seed by seed; a bn_stats row pairs across tables."""
+    table = _load()
+    (tmp_path / "diagnose" / "bn").mkdir(parents=True)
+    vals = {("segmentation", "uda"): {0: (0.30, 0.34, 0.35), 1: (0.20, 0.26, 0.27)},
+            ("segmentation", "instance"): {0: (0.35, 0.36, 0.36), 1: (0.22, 0.25, 0.30)},
+            ("bn_stats", "pvt_v2_b0_uda"): {0: (0.33, 0.33, 0.34)}}
+    for (t, r), per_seed in vals.items():
+        for s, v in per_seed.items():
+            rec = {"run": f"{t}__{r}__s{s}", "images": 8,
+                   **{k: {"target_miou": x} for k, x in zip(("as_trained", "source", "target"), v)}}
+            (tmp_path / "diagnose" / "bn" / f"{t}__{r}__s{s}.json").write_text(json.dumps(rec))
+    lines = table._bn_recalibration(tmp_path, [0, 1])
+    inst = next(line for line in lines if line.startswith("| UDA + Instance-Warp |"))
+    cells = [c.strip() for c in inst.strip("|").split("|")]
+    assert cells[1:5] == ["2", "28.5 ± 9.2", "30.5 ± 7.8", "33.0 ± 4.2"]
+    assert cells[5] == "3.5 ± 2.1 (+5.0, +2.0)"    # as trained: 35-30, 22-20
+    assert cells[6] == "0.5 ± 2.1 (+2.0, -1.0)"    # source statistics: 36-34, 25-26
+    assert cells[7] == "2.0 ± 1.4 (+1.0, +3.0)"    # target statistics: 36-35, 30-27
+    bn_row = next(line for line in lines if line.startswith("| pvt_v2_b0: UDA (no warp), bn_stats=source |"))
+    assert "+3.0)" in bn_row and "-1.0)" in bn_row  # seed 0 against segmentation/uda: 33-30, 33-34
+    assert table._bn_recalibration(tmp_path / "nothing", [0]) == []
