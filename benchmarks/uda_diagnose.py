@@ -45,6 +45,22 @@ def _recipe(name: str = "twopcnet"):
     return module
 
 
+def _finished_mic_run(run_dir: Path, threads: int):
+    """(the mic recipe module, the run's config, its final checkpoint); an unfinished run is an error."""
+    import torch
+
+    from warpadapt.uda.checkpoint import load_checkpoint
+    from warpadapt.uda.config import load_config
+
+    torch.set_num_threads(threads)
+    mic = _recipe("mic")
+    cfg = load_config("mic", ["--config", str(run_dir / "config.yaml")])
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    if ckpt["step"] != cfg.train.iters:
+        raise ValueError(f"{run_dir}: checkpoint at step {ckpt['step']}, run planned {cfg.train.iters}: unfinished")
+    return mic, cfg, ckpt
+
+
 def diagnose(run_dir: Path, images: int = 200, threads: int = 1) -> dict:
     import torch
 
@@ -96,16 +112,9 @@ def diagnose_segmentation(run_dir: Path, images: int = 100, threads: int = 1) ->
     import torch
 
     from warpadapt.models import Segmenter
-    from warpadapt.uda.checkpoint import load_checkpoint
-    from warpadapt.uda.config import load_config
     from warpadapt.uda.dist import DistInfo
 
-    torch.set_num_threads(threads)
-    mic = _recipe("mic")
-    cfg = load_config("mic", ["--config", str(run_dir / "config.yaml")])
-    ckpt = load_checkpoint(run_dir / "last.pt")
-    if ckpt["step"] != cfg.train.iters:
-        raise ValueError(f"{run_dir}: checkpoint at step {ckpt['step']}, run planned {cfg.train.iters}: unfinished")
+    mic, cfg, ckpt = _finished_mic_run(run_dir, threads)
     _, tgt_train, src_val, tgt_test = mic.build_datasets(cfg)
     models = {"student": ckpt["student"]}
     if cfg.uda.enabled:
@@ -164,16 +173,9 @@ def bn_recalibration(run_dir: Path, images: int = 64, threads: int = 1) -> dict:
 
     from warpadapt.models import Segmenter
     from warpadapt.uda.bn import recompute_bn_stats
-    from warpadapt.uda.checkpoint import load_checkpoint
-    from warpadapt.uda.config import load_config
     from warpadapt.uda.dist import DistInfo
 
-    torch.set_num_threads(threads)
-    mic = _recipe("mic")
-    cfg = load_config("mic", ["--config", str(run_dir / "config.yaml")])
-    ckpt = load_checkpoint(run_dir / "last.pt")
-    if ckpt["step"] != cfg.train.iters:
-        raise ValueError(f"{run_dir}: checkpoint at step {ckpt['step']}, run planned {cfg.train.iters}: unfinished")
+    mic, cfg, ckpt = _finished_mic_run(run_dir, threads)
     src_train, tgt_train, src_val, tgt_test = mic.build_datasets(cfg)
     m, bs = cfg.model, cfg.eval.batch_size
     net = Segmenter(m.backbone, mic.NUM_CLASSES, m.out_indices, None, m.embed_dim, m.dropout, "none")

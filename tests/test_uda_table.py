@@ -56,7 +56,7 @@ def test_quick_runs_write_raw_json_skip_done_and_report(tmp_path):
     spec = importlib.util.spec_from_file_location("uda_diagnose", ROOT / "benchmarks" / "uda_diagnose.py")
     diag = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(diag)
-    assert diag.main(["--results", str(tmp_path), "--images", "2", "--warps"]) == 0
+    assert diag.main(["--results", str(tmp_path), "--images", "2", "--warps", "--bn"]) == 0
     w = json.loads((tmp_path / "diagnose" / "warps.json").read_text())
     assert w["images"] == 2 and all(w[g]["share_after"] > w["share_before"] for g in ("instance", "static"))
     d = json.loads((tmp_path / "diagnose" / "detection__instance_always__s0.json").read_text())
@@ -69,6 +69,11 @@ def test_quick_runs_write_raw_json_skip_done_and_report(tmp_path):
     assert 0 <= seg["teacher"]["confident_share"] <= 1 and seg["student"]["target_miou"] == pytest.approx(
         json.loads((tmp_path / "raw" / "segmentation__instance__s1.json").read_text())["final"]["target_miou"])
     assert "| UDA + Instance-Warp | 2 | student |" in report
+    # --bn: the student as trained re-evaluates to the run's own number; re-estimated statistics are another model
+    bn = json.loads((tmp_path / "diagnose" / "bn" / "segmentation__instance__s1.json").read_text())
+    assert bn["as_trained"]["target_miou"] == pytest.approx(seg["student"]["target_miou"])
+    assert set(bn) >= {"source", "target"} and not (tmp_path / "diagnose" / "bn" / "detection__uda__s0.json").exists()
+    assert "### Segmentation: BatchNorm running statistics" in report
     # where the difference comes from: per-class paired Δ columns for both tables
     assert "| class | Δ AP50: UDA + Instance-Warp (always) |" in report
     assert "| class | Δ IoU: UDA + Instance-Warp |" in report
