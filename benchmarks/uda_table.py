@@ -353,9 +353,9 @@ def _bn_recalibration(out: Path, seeds: list[int]) -> list[str]:
         if not got:
             continue
         cells = [row.label, str(len(got))] + [_ms([g[k]["target_miou"] for g in got], 100) for k, _ in variants]
+        pairs = [(recs[(row.table, row.name, s)], recs[(*row.baseline_key, s)]) for s in seeds
+                 if row.baseline and (row.table, row.name, s) in recs and (*row.baseline_key, s) in recs]
         for k, _ in variants:
-            pairs = [(recs[(row.table, row.name, s)], recs[(*row.baseline_key, s)]) for s in seeds
-                     if row.baseline and (row.table, row.name, s) in recs and (*row.baseline_key, s) in recs]
             diffs = [a[k]["target_miou"] - b[k]["target_miou"] for a, b in pairs]
             cells.append(_ms(diffs, 100) + (f" ({', '.join(f'{100 * d:+.1f}' for d in diffs)})" if diffs else ""))
         lines.append("| " + " | ".join(cells) + " |")
