@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from warpadapt.data import SyntheticDrivingDataset, TRAIN_ID_NAMES, collate, get_pair, list_pairs
+from warpadapt.data import CITYSCAPES_CLASSES, SyntheticDrivingDataset, collate, get_pair, list_pairs
 from warpadapt.eval import ConfusionMatrix
 
 NUM_CLASSES = 19
@@ -219,7 +219,7 @@ def main(argv=None):
     print("| class | " + " | ".join(r["pair"] for r in rows) + " |")
     print("|---|" + "---|" * len(rows))
     for c in present:
-        print(f"| {TRAIN_ID_NAMES[c]} | " + " | ".join(
+        print(f"| {CITYSCAPES_CLASSES[c]} | " + " | ".join(
             f"{fmt(float(r['source']['iou'][c]))} / {fmt(float(r['target']['iou'][c]))}" for r in rows) + " |")
     print(f"\ntotal wall time {time.time() - t0:.0f} s (size {size[0]}x{size[1]}, backbone {a.backbone} "
           f"{tuple(a.out_indices)}, batch {a.batch}, {a.minutes} min per distinct source, "

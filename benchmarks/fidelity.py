@@ -39,7 +39,7 @@ import torch
 
 import warpadapt
 from warpadapt import FeatureUnwarp, SaliencyWarp
-from warpadapt.warp import resample
+from warpadapt.maps import resample
 
 DEFAULTS = {"fwhm": 13.0, "bandwidth_scale": 64.0, "amplitude_scale": 1.0}
 STRIDES = (4, 8, 16, 32)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import warpadapt
-from warpadapt.warp import Warp, pixel_centers, resample
+from warpadapt.warp import Warp
 
 
 def timeit(fn, repeat: int, warmup: int = 1) -> list[float]:

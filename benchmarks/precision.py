@@ -21,8 +21,8 @@ import warnings
 import torch
 
 from warpadapt import SaliencyWarp
+from warpadapt.maps import interp_map, invert_map, pixel_centers
 from warpadapt.modules import OPTION_RANGES
-from warpadapt.warp import interp_map, invert_map, pixel_centers
 
 
 def worst_errors(n_sets: int, size: int, random_options: bool, seed: int = 0) -> dict[str, float]:

@@ -77,7 +77,7 @@ import torch
 from IPython.display import Markdown, display
 
 import warpadapt
-from warpadapt import viz
+from warpadapt import measure, viz
 from warpadapt.data import SyntheticDrivingDataset
 
 %matplotlib inline
@@ -189,8 +189,8 @@ otherwise), before and after each guidance's warp (default FWHM 13, bandwidth 64
 code("""
 def share(scene, warp=None):
     if scene["mask"] is not None:
-        return viz.pixel_share(mask=scene["mask"], warp=warp)
-    return viz.pixel_share(scene["boxes"], scene["image"].shape[-2:], warp)
+        return measure.pixel_share(mask=scene["mask"], warp=warp)
+    return measure.pixel_share(scene["boxes"], scene["image"].shape[-2:], warp)
 
 
 rows, ratios = [], {g: [] for g in GUIDANCES}

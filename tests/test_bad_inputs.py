@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from warpadapt import FeatureUnwarp, SaliencyWarp, Warp
+from warpadapt.maps import attraction_kernel, marginal_to_map, resample
 from warpadapt.saliency import geometric_prior, instance_saliency
-from warpadapt.warp import attraction_kernel, marginal_to_map, resample
 
 NAN, INF = float("nan"), float("inf")
 B1 = [torch.tensor([[10.0, 10.0, 20.0, 30.0]])]

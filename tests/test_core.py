@@ -20,7 +20,7 @@ from warpadapt import (
     load_prior,
     save_prior,
 )
-from warpadapt.warp import interp_map, invert_map, marginal_to_map, pixel_centers, resample, saliency_to_maps
+from warpadapt.maps import interp_map, invert_map, marginal_to_map, pixel_centers, resample, saliency_to_maps
 
 
 def random_boxes(gen, n, h, w, min_side=4.0, max_side=60.0):

@@ -1,6 +1,8 @@
-"""The package layout stays tidy: public API = its docstring, one class vocabulary, old import paths."""
+"""The package layout stays tidy: public API = its docstring, one class vocabulary, the core apart from data."""
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,17 +74,78 @@ def test_vocabulary_is_consistent():
         labels.guidance_train_ids("kitti")
 
 
-def test_old_import_paths_still_work():
-    from warpadapt.data import DETECTION_CLASSES, TRAIN_ID_NAMES
-    from warpadapt.data.readers import BDD_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_THING_TRAIN_IDS  # noqa: F401
-    from warpadapt.data.synthetic import CLASS_TO_TRAIN_ID, IGNORE_INDEX, THING_TRAIN_IDS  # noqa: F401
-    from warpadapt.saliency import CITYSCAPES_THING_CLASSES
-    from warpadapt.transforms import AlbuSaliencyWarp, RandomSaliencyWarp  # noqa: F401
-    from warpadapt.viz import box_union_area, pixel_share  # noqa: F401
+CORE = ("saliency.py", "maps.py", "warp.py", "modules.py", "wrap.py")
 
-    assert TRAIN_ID_NAMES is labels.CITYSCAPES_CLASSES and DETECTION_CLASSES is labels.DETECTION_CLASSES
-    assert CITYSCAPES_THING_CLASSES is labels.CITYSCAPES_THING_TRAIN_IDS
-    assert THING_TRAIN_IDS is labels.SYNTHETIC_THING_TRAIN_IDS
+
+def _imported_modules(source: str, package: str) -> list[tuple[int, str]]:
+    """(line, absolute dotted name) of every module a source imports, anywhere in it (lazy imports too).
+
+    ``package`` is the package the source lives in (``"warpadapt"`` for ``warpadapt/warp.py``); for
+    ``from X import a`` both ``X`` and ``X.a`` are listed (``a`` may be a submodule).
+    """
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = parts[: len(parts) - node.level + 1] if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            out.append((node.lineno, mod))
+            out += [(node.lineno, f"{mod}.{a.name}") for a in node.names]
+    return out
+
+
+def _imports_data(source: str, package: str = "warpadapt") -> list[str]:
+    return [f"{line}: {mod}" for line, mod in _imported_modules(source, package)
+            if mod == "warpadapt.data" or mod.startswith("warpadapt.data.")]
+
+
+def test_import_rule_catches_every_spelling():
+    for bad in ("from .data.labels import IGNORE_INDEX", "from .data import labels", "from . import data",
+                "import warpadapt.data.labels", "from warpadapt.data import boxes_from_semantic",
+                "from warpadapt import data", "def f():\n    from .data.boxes import boxes_from_semantic"):
+        assert _imports_data(bad), bad
+    for fine in ("from .maps import resample", "from ._utils import as_size", "import torch", "from . import maps"):
+        assert not _imports_data(fine), fine
+    assert _imports_data("from ..data import labels", "warpadapt.transforms")
+    assert not _imports_data("from .labels import IGNORE_INDEX", "warpadapt.transforms")
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_core_does_not_import_data(name):
+    assert _imports_data((PACKAGE / name).read_text()) == [], name
+
+
+def test_core_and_data_modules_import_in_a_fresh_interpreter():
+    # the top level re-exports data.boxes: importing any core module must not hit an import cycle
+    code = ("import warpadapt.maps, warpadapt.saliency, warpadapt.warp, warpadapt.modules, warpadapt.wrap, "
+            "warpadapt.data.boxes, warpadapt.data.prepared, warpadapt.data.synthetic")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_old_import_paths_are_gone():
+    import warpadapt.data
+    import warpadapt.data.synthetic
+    import warpadapt.saliency
+    import warpadapt.viz
+    import warpadapt.warp
+
+    assert not (PACKAGE / "data" / "readers.py").exists()
+    assert warpadapt.warp.__all__ == ["Warp"]
+    for name in ("saliency_to_maps", "interp_map", "invert_map", "resample", "pixel_centers", "FWHM_RANGE"):
+        assert not hasattr(warpadapt.warp, name), name
+    for name in ("pixel_share", "box_union_area"):
+        assert not hasattr(warpadapt.viz, name), name
+    for name in ("CITYSCAPES_THING_CLASSES", "boxes_from_semantic", "boxes_from_instance_map"):
+        assert not hasattr(warpadapt.saliency, name), name
+    for name in ("TRAIN_ID_NAMES", "THING_TRAIN_IDS", "ROAD", "SIDEWALK", "SKY"):
+        assert not hasattr(warpadapt.data.synthetic, name), name
+    with pytest.raises(AttributeError):
+        warpadapt.data.TRAIN_ID_NAMES  # noqa: B018
+    assert warpadapt.boxes_from_semantic is warpadapt.data.boxes_from_semantic
+    assert warpadapt.boxes_from_instance_map is warpadapt.data.boxes_from_instance_map
+    assert warpadapt.data.DETECTION_CLASSES is labels.DETECTION_CLASSES
 
 
 def test_transforms_take_a_saliency_warp():

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from warpadapt import FeatureUnwarp, SaliencyWarp  # noqa: E402
+from warpadapt.maps import interp_map, invert_map, pixel_centers  # noqa: E402
 from warpadapt.modules import OPTION_RANGES  # noqa: E402
 from warpadapt.saliency import pad_boxes  # noqa: E402
-from warpadapt.warp import interp_map, invert_map, pixel_centers  # noqa: E402
 
 COMPOSE_TOL_PX = 2e-3  # grid and inverse grid compose to the identity within this, in pixels of the axis
 BOX_TOL_PX = 1e-2  # inverse_boxes(forward_boxes(b)) - b, in pixels

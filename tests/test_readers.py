@@ -9,13 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from warpadapt.data.readers import (
-    BDD_CLASSES,
-    CITYSCAPES_CLASSES,
-    BDD100KDetection,
+from warpadapt.data.detection_readers import BDD100KDetection, CocoDetection
+from warpadapt.data.labels import BDD_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_THING_TRAIN_IDS
+from warpadapt.data.segmentation_readers import (
     CityscapesSegmentation,
-    CocoDetection,
-    CITYSCAPES_THING_TRAIN_IDS,
     _instance_boxes,
     _semantic_boxes,
     label_ids_to_train_ids,

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import warpadapt  # noqa: E402
-from warpadapt import viz  # noqa: E402
+from warpadapt import measure, viz  # noqa: E402
 
 H, W = 48, 96
 BOXES = torch.tensor([[40.0, 18.0, 52.0, 30.0], [70.0, 20.0, 76.0, 32.0]])
@@ -134,15 +134,15 @@ def test_warp_overview(image):
 
 
 def test_pixel_share(warp):
-    s0 = viz.pixel_share(BOXES, (H, W))
+    s0 = measure.pixel_share(BOXES, (H, W))
     assert s0 == pytest.approx((12 * 12 + 6 * 12) / (H * W))
-    assert viz.pixel_share(BOXES, (H, W), warp) > s0
+    assert measure.pixel_share(BOXES, (H, W), warp) > s0
     mask = torch.zeros(H, W)
     mask[18:30, 40:52] = 1
-    assert viz.pixel_share(mask=mask) == pytest.approx(144 / (H * W))
+    assert measure.pixel_share(mask=mask) == pytest.approx(144 / (H * W))
     strong = warpadapt.SaliencyWarp(fwhm=4.0, bandwidth_scale=2.0).make_warp((H, W), [BOXES[:1]], batch_size=1)
-    assert viz.pixel_share(mask=mask, warp=strong) > 1.5 * viz.pixel_share(mask=mask)
-    assert viz.pixel_share(torch.zeros(0, 4), (H, W), warp) == 0.0
+    assert measure.pixel_share(mask=mask, warp=strong) > 1.5 * measure.pixel_share(mask=mask)
+    assert measure.pixel_share(torch.zeros(0, 4), (H, W), warp) == 0.0
 
 
 # -- invalid input: ValueError naming the argument ----------------------------------------------------
@@ -170,7 +170,7 @@ def test_pixel_share(warp):
         (lambda im, w: viz.compare_guidance(im, BOXES, ("instance", "static")), "prior"),
         (lambda im, w: viz.compare_guidance(im, BOXES, ("fancy",)), "guidances"),
         (lambda im, w: viz.warp_overview(im, BOXES, warp_module="instance"), "warp_module"),
-        (lambda im, w: viz.pixel_share(mask=torch.zeros(3, H, W)), "mask"),
+        (lambda im, w: measure.pixel_share(mask=torch.zeros(3, H, W)), "mask"),
     ],
 )
 def test_invalid_inputs_raise_value_error_naming_argument(call, name, image, warp):

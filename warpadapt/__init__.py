@@ -10,15 +10,15 @@ Public names::
     fit_static_prior, save_prior, load_prior                   saliency builders (plain functions)
 
 Elsewhere: the low-level map functions (``saliency_to_maps``, ``invert_map``, ``interp_map``,
-``resample``) in :mod:`warpadapt.warp`; class lists and default guidance classes in
+``resample``) in :mod:`warpadapt.maps`; the boxes-from-label-maps functions in
+:mod:`warpadapt.data.boxes` (re-exported here); class lists and default guidance classes in
 :mod:`warpadapt.data.labels`; pictures in :mod:`warpadapt.viz`, measurements in
 :mod:`warpadapt.measure`; data-loader transforms in :mod:`warpadapt.transforms`.
 """
 
+from .data.boxes import boxes_from_instance_map, boxes_from_semantic
 from .modules import GUIDANCES, FeatureUnwarp, SaliencyWarp
 from .saliency import (
-    boxes_from_instance_map,
-    boxes_from_semantic,
     fit_static_prior,
     geometric_prior,
     instance_saliency,

@@ -64,8 +64,9 @@ def run(out: str = "warpadapt_demo.png", fwhm: float = 13.0, seed: int = 0, inde
     import torch
 
     from .data import SyntheticDrivingDataset, get_pair
+    from .measure import pixel_share
     from .modules import SaliencyWarp
-    from .viz import pixel_share, warp_overview
+    from .viz import warp_overview
 
     t0 = time.perf_counter()
     ds = SyntheticDrivingDataset(get_pair(pair, seed=seed), "source", "val", length=index + 1)

@@ -1,10 +1,10 @@
 """Saliency -> separable monotone 1-D sampling maps, their exact inverse and resampling (pure functions).
 
-The :class:`~warpadapt.warp.Warp` object (``warp.py``) is built on these; they stay importable from
-``warpadapt.warp`` too. Coordinates are those described in ``warp.py``: a map is a batch of 1-D
-monotone functions ``g: [0, 1] -> [0, 1]`` given at ``n`` evenly spaced nodes ``u_i = i / (n - 1)``,
-linear in between; ``u`` is a position in the WARPED image, ``g(u)`` the position in the ORIGINAL image
-it reads, both as fractions of the image's extent.
+The :class:`~warpadapt.warp.Warp` object (``warp.py``) is built on these; import them from here.
+Coordinates are those described in ``warp.py``: a map is a batch of 1-D monotone functions
+``g: [0, 1] -> [0, 1]`` given at ``n`` evenly spaced nodes ``u_i = i / (n - 1)``, linear in between;
+``u`` is a position in the WARPED image, ``g(u)`` the position in the ORIGINAL image it reads, both as
+fractions of the image's extent.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from torch import Tensor
 
 
 __all__ = [
+    "FWHM_RANGE",
+    "check_fwhm",
     "attraction_kernel",
     "marginal_to_map",
     "saliency_to_maps",

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from .saliency import GRID_SIZE, geometric_prior, load_prior, pad_boxes, saliency_from_padded, uniform_saliency
-from .warp import FWHM_RANGE, Warp, check_fwhm, resample
+from .maps import FWHM_RANGE, check_fwhm, resample
+from .warp import Warp
 
 __all__ = ["GUIDANCES", "OPTION_RANGES", "SaliencyWarp", "FeatureUnwarp", "as_saliency_warp"]
 
@@ -70,7 +71,7 @@ class SaliencyWarp(nn.Module):
         vanishing_point: for "geometric": (u0, v0) as fractions of width and height (two finite numbers;
             outside [0, 1] puts the point outside the image).
         geometric_sigma: for "geometric": widths (su, sv) as fractions of width and height, each in [1e-3, 1e3].
-        method: resampling method, "grid_sample" or "separable" (see :func:`~warpadapt.warp.resample`).
+        method: resampling method, "grid_sample" or "separable" (see :func:`~warpadapt.maps.resample`).
         dtype: dtype of the warp's maps, torch.float32 (default) or torch.float64. The warped image keeps
             its own dtype either way; float64 maps make point / box round trips exact to < 1e-6 px where
             float32 gives up to ``6e-8 * size * zoom`` px (see :class:`~warpadapt.warp.Warp`).
@@ -201,21 +202,30 @@ class SaliencyWarp(nn.Module):
         return resample(images, fy, fx, "bilinear", self.method), warp
 
 
-def as_saliency_warp(warp: SaliencyWarp | str | None = None, **options) -> SaliencyWarp:
-    """The :class:`SaliencyWarp` a transform or a picture uses: the one place its options are read.
+def as_saliency_warp(warp: SaliencyWarp | str | Mapping | None = None, **options) -> SaliencyWarp:
+    """The one reader of warp settings: every part of the library that takes a warp calls it.
+
+    :func:`~warpadapt.wrap`, the models (``Segmenter(..., warp=...)``, ``Detector(..., warp=...)``),
+    the transforms and the pictures all accept the same thing and hand it here.
 
     Args:
         warp: a :class:`SaliencyWarp` (returned as it is; then give no options), a guidance name
-            ("instance", "static", "geometric", "none"), or None (``SaliencyWarp(**options)``).
-        **options: :class:`SaliencyWarp`'s keyword arguments (``fwhm``, ``grid_size``, ``prior`` ...).
+            ("instance", "static", "geometric", "none"), a mapping of :class:`SaliencyWarp`'s keyword
+            arguments (``{"guidance": "static", "prior": p, "fwhm": 8.0}``; e.g. a recipe's ``cfg.warp``
+            with its non-warp keys removed), or None (``SaliencyWarp(**options)``).
+        **options: :class:`SaliencyWarp`'s keyword arguments (``fwhm``, ``grid_size``, ``prior`` ...),
+            merged over a mapping's.
 
     Raises:
         TypeError: ``warp`` is of another type, or an unknown option.
-        ValueError: a module together with options, or a bad option (named by :class:`SaliencyWarp`).
+        ValueError: a module together with options, the guidance given twice, or a bad option (named
+            by :class:`SaliencyWarp`, which holds every range check).
 
     Example:
         >>> as_saliency_warp("geometric", fwhm=9.0).extra_repr()
         "guidance='geometric', grid_size=(31, 51), fwhm=9.0, bandwidth_scale=64.0, amplitude_scale=1.0"
+        >>> as_saliency_warp({"guidance": "none", "grid_size": [21, 41]}).grid_size
+        (21, 41)
         >>> sw = SaliencyWarp(); as_saliency_warp(sw) is sw
         True
     """
@@ -223,13 +233,22 @@ def as_saliency_warp(warp: SaliencyWarp | str | None = None, **options) -> Salie
         if options:
             raise ValueError(f"warp: give a SaliencyWarp or its options, not both (got options {sorted(options)})")
         return warp
+    if isinstance(warp, Mapping):
+        twice = sorted(set(warp) & set(options))
+        if twice:
+            raise ValueError(f"warp: options given twice, in the mapping and as keywords: {twice}")
+        options = {**warp, **options}
+        if isinstance(options.get("grid_size"), (list, Sequence)) and not isinstance(options["grid_size"], str):
+            options["grid_size"] = tuple(options["grid_size"])
+        return SaliencyWarp(**options)
     if isinstance(warp, str):
         if "guidance" in options:
             raise ValueError(f"warp: the guidance is given twice ({warp!r} and guidance={options['guidance']!r})")
         return SaliencyWarp(guidance=warp, **options)
     if warp is None:
         return SaliencyWarp(**options)
-    raise TypeError(f"warp must be a SaliencyWarp, a guidance name or None, got {type(warp).__name__}")
+    raise TypeError(f"warp must be a SaliencyWarp, a guidance name, a mapping of its options or None, "
+                    f"got {type(warp).__name__}")
 
 
 class FeatureUnwarp(nn.Module):
@@ -247,7 +266,7 @@ class FeatureUnwarp(nn.Module):
 
     Args:
         layout: "NCHW" (default) or "NHWC" (e.g. timm Swin features).
-        method: "grid_sample" or "separable" (see :func:`~warpadapt.warp.resample`).
+        method: "grid_sample" or "separable" (see :func:`~warpadapt.maps.resample`).
 
     Example:
         >>> sw, unwarp = SaliencyWarp(), FeatureUnwarp()

@@ -1,8 +1,9 @@
-"""Saliency maps on a coarse grid: from boxes, from label maps, and the static / geometric priors.
+"""Saliency maps on a coarse grid: from boxes, and the static / geometric priors.
 
 All maps live on a ``(gh, gw)`` grid of nodes that spans the image from edge to edge: node ``(i, j)``
 sits at pixel ``(x, y) = (j * W / (gw - 1), i * H / (gh - 1))``. A saliency map is non-negative and
-sums to one over the grid. Nothing here knows about models or training; every function is pure.
+sums to one over the grid. Nothing here knows about models, training or datasets; every function is
+pure. Boxes from label maps (semantic or instance-id maps) are in :mod:`warpadapt.data.boxes`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import torch
 from torch import Tensor
 
 from ._utils import as_size  # sizes: (H, W), an int n means (n, n)
-from .data.labels import CITYSCAPES_THING_TRAIN_IDS
 
 __all__ = [
     "GRID_SIZE",
@@ -24,18 +24,12 @@ __all__ = [
     "instance_saliency",
     "saliency_from_padded",
     "instance_marginals",
-    "boxes_from_semantic",
-    "boxes_from_instance_map",
     "fit_static_prior",
     "save_prior",
     "load_prior",
     "geometric_prior",
     "uniform_saliency",
 ]
-
-# The default "thing" classes (Cityscapes train ids 11-18); the vocabulary and the defaults of other
-# kinds of data live in warpadapt.data.labels (guidance_train_ids). CITYSCAPES_THING_CLASSES is the old name.
-CITYSCAPES_THING_CLASSES = CITYSCAPES_THING_TRAIN_IDS
 
 #: Default saliency grid (gh, gw) = (31, 51) nodes, rows x columns (the authors' value); every default uses it.
 GRID_SIZE: tuple[int, int] = (31, 51)
@@ -249,123 +243,6 @@ def saliency_from_padded(
     s = s / s.sum(dim=(1, 2), keepdim=True).clamp(min=1e-30)
     # images without boxes: uniform (their s is all zeros before normalisation)
     return torch.where((count == 0)[:, None, None], torch.full_like(s, 1.0 / (gh * gw)), s)
-
-
-def _boxes_from_label_array(lab: np.ndarray, ids: Iterable[int], connectivity: int) -> tuple[np.ndarray, np.ndarray]:
-    from scipy import ndimage
-
-    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-    out_boxes, out_labels = [], []
-    for cls in ids:
-        comp, n = ndimage.label(lab == cls, structure=structure)
-        if n == 0:
-            continue
-        for sl in ndimage.find_objects(comp):
-            if sl is None:
-                continue
-            ys, xs = sl
-            out_boxes.append((xs.start, ys.start, xs.stop, ys.stop))
-            out_labels.append(cls)
-    if not out_boxes:
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
-    return np.asarray(out_boxes, np.float32), np.asarray(out_labels, np.int64)
-
-
-def boxes_from_semantic(
-    semantic: Tensor | np.ndarray,
-    thing_classes: Iterable[int] = CITYSCAPES_THING_TRAIN_IDS,
-    connectivity: int = 8,
-    min_area: float = 1.0,
-) -> tuple[Tensor, Tensor]:
-    """Boxes of the connected components of the "thing" classes of a semantic label map.
-
-    A box covers whole pixels: a component spanning columns 3..5 gives x1 = 3, x2 = 6. Boxes whose
-    area is below ``min_area`` square pixels are dropped.
-
-    Args:
-        semantic: (H, W) integer label map (e.g. Cityscapes train ids; 255 = ignore).
-        thing_classes: the class ids that are objects (default Cityscapes 11-18; other kinds of data:
-            :func:`warpadapt.data.labels.guidance_train_ids`).
-        connectivity: 4 or 8 neighbours.
-        min_area: smallest kept box area in pixels.
-
-    Returns:
-        ``(boxes, labels)``: float32 (N, 4) xyxy and int64 (N,) class ids.
-
-    Example:
-        >>> sem = torch.zeros(6, 8, dtype=torch.long); sem[1:3, 2:5] = 13; sem[4:6, 6:8] = 11
-        >>> b, l = boxes_from_semantic(sem)
-        >>> b.tolist(), l.tolist()
-        ([[6.0, 4.0, 8.0, 6.0], [2.0, 1.0, 5.0, 3.0]], [11, 13])
-    """
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    arr = semantic.detach().cpu().numpy() if isinstance(semantic, Tensor) else np.asarray(semantic)
-    if arr.ndim != 2:
-        raise ValueError(f"semantic must be a 2-D (H, W) label map, got shape {arr.shape}")
-    boxes, labels = _boxes_from_label_array(arr, sorted({int(c) for c in thing_classes}), connectivity)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep = area >= min_area
-    return torch.from_numpy(boxes[keep]), torch.from_numpy(labels[keep])
-
-
-def boxes_from_instance_map(
-    instance: Tensor | np.ndarray,
-    label_divisor: int = 1000,
-    thing_classes: Iterable[int] | None = CITYSCAPES_THING_TRAIN_IDS,
-    class_of=None,
-) -> tuple[Tensor, Tensor]:
-    """Tight boxes of every instance in an instance-id map (Cityscapes encoding).
-
-    Pixels with id >= ``label_divisor`` belong to instance ``id``, of class ``id // label_divisor``;
-    smaller ids are "stuff" or crowds and are skipped. Vectorised (one scatter-reduce, no loop).
-
-    Args:
-        instance: (H, W) integer instance-id map.
-        label_divisor: class = id // label_divisor (Cityscapes: 1000).
-        thing_classes: keep only these classes (None keeps all).
-        class_of: optional callable mapping a tensor of raw classes ``id // label_divisor`` to the class
-            ids used for ``thing_classes`` and the returned labels (e.g. Cityscapes label ids -> train ids).
-
-    Returns:
-        ``(boxes, labels)``: float32 (N, 4) xyxy covering whole pixels, int64 (N,) class ids, sorted by id.
-
-    Example:
-        >>> inst = torch.zeros(4, 6, dtype=torch.long); inst[1:3, 1:4] = 13000; inst[0, 5] = 11001
-        >>> b, l = boxes_from_instance_map(inst)
-        >>> b.tolist(), l.tolist()
-        ([[5.0, 0.0, 6.0, 1.0], [1.0, 1.0, 4.0, 3.0]], [11, 13])
-    """
-    shape = tuple(instance.shape) if isinstance(instance, Tensor) else np.shape(instance)
-    if len(shape) != 2:
-        raise ValueError(f"instance must be a 2-D (H, W) id map, got shape {shape}")
-    h, w = shape
-    if isinstance(instance, Tensor):
-        flat = instance.long().reshape(-1)
-        pix = torch.nonzero(flat >= label_divisor).squeeze(1)
-        values = flat[pix]
-    else:  # select in numpy: the torch ops below then see the object pixels only (no thread pool wake-up)
-        flat_np = np.asarray(instance).astype(np.int64, copy=False).reshape(-1)
-        pix_np = np.flatnonzero(flat_np >= label_divisor)
-        pix, values = torch.from_numpy(pix_np), torch.from_numpy(flat_np[pix_np])
-    if pix.numel() == 0:
-        return torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
-    ids, inv = torch.unique(values, return_inverse=True)
-    ys, xs = (pix // w).float(), (pix % w).float()
-    n = ids.numel()
-    big = float(max(h, w) + 1)
-    x1 = torch.full((n,), big).scatter_reduce(0, inv, xs, "amin")
-    y1 = torch.full((n,), big).scatter_reduce(0, inv, ys, "amin")
-    x2 = torch.full((n,), -1.0).scatter_reduce(0, inv, xs, "amax") + 1
-    y2 = torch.full((n,), -1.0).scatter_reduce(0, inv, ys, "amax") + 1
-    boxes = torch.stack([x1, y1, x2, y2], 1)
-    labels = ids // label_divisor
-    if class_of is not None:
-        labels = torch.as_tensor(class_of(labels), dtype=torch.long)
-    if thing_classes is not None:
-        keep = torch.isin(labels, torch.tensor(list(thing_classes), dtype=torch.long))
-        boxes, labels = boxes[keep], labels[keep]
-    return boxes, labels
 
 
 def fit_static_prior(

@@ -7,14 +7,14 @@ under the Agg backend (scripts, tests, CI) and inline in a notebook.
 Images may be torch tensors ``(3, H, W)`` (or ``(1, 3, H, W)``) float in [0, 1], or numpy arrays
 ``(H, W, 3)`` (float in [0, 1] or uint8) or ``(H, W)`` grey. Boxes are ``(N, 4)`` xyxy pixels as a
 tensor, an array or a list of 4-lists. A :class:`~warpadapt.Warp` with a batch larger than one is
-drawn for image ``index`` (default 0). Measurements (:func:`pixel_share`, :func:`box_union_area`) live
-in :mod:`warpadapt.measure` (no matplotlib) and are re-exported here.
+drawn for image ``index`` (default 0). Measurements (:func:`~warpadapt.measure.pixel_share`,
+:func:`~warpadapt.measure.box_union_area`) live in :mod:`warpadapt.measure` (no matplotlib).
 
 Example:
     >>> import matplotlib; matplotlib.use("Agg")
-    >>> import torch, warpadapt.viz as viz
+    >>> import torch, warpadapt, warpadapt.viz as viz
     >>> img, boxes = torch.rand(3, 64, 128), torch.tensor([[40., 20., 60., 40.]])
-    >>> fig = viz.warp_overview(img, boxes, viz.SaliencyWarp(fwhm=6.0))
+    >>> fig = viz.warp_overview(img, boxes, warpadapt.SaliencyWarp(fwhm=6.0))
     >>> len(fig.axes) >= 4
     True
     >>> viz.plt.close("all")
@@ -31,14 +31,13 @@ import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 
 from ._utils import as_size
-from .measure import _as_boxes, _one_warp, box_union_area, pixel_share  # noqa: F401  (re-exported: the old home)
+from .measure import _as_boxes, _one_warp
+from .measure import pixel_share as _pixel_share
 from .modules import GUIDANCES, SaliencyWarp, as_saliency_warp
 from .warp import Warp
 
 __all__ = [
     "as_image",
-    "pixel_share",
-    "box_union_area",
     "show_boxes",
     "show_saliency",
     "show_grid",
@@ -450,10 +449,10 @@ def compare_guidance(image, boxes, guidances=("instance", "static", "geometric")
     if fig is None:
         fig = plt.figure(figsize=(3.6 * n + 0.6, 4.4), layout="constrained")
     axes = fig.subplots(2, n, squeeze=False)
-    share0 = pixel_share(b, (h, w))
+    share0 = _pixel_share(b, (h, w))
     for j, m in enumerate(mods):
         sal, warp = _module_warp(m, h, w, b)
-        share = pixel_share(b, (h, w), warp)
+        share = _pixel_share(b, (h, w), warp)
         show_saliency(img, sal, b, ax=axes[0, j], title=f"{m.guidance} saliency")
         show_warped(img, warp, b, labels, class_names, ax=axes[1, j],
                     title=f"warped: objects {100 * share0:.1f}% -> {100 * share:.1f}% of pixels")
@@ -491,7 +490,7 @@ def warp_overview(image, boxes, warp_module: SaliencyWarp | None = None, labels=
         raise ValueError(f"warp_module: expected a warpadapt.SaliencyWarp, got {type(warp_module).__name__}")
     h, w = img.shape[:2]
     sal, warp = _module_warp(warp_module, h, w, b)
-    s0, s1 = pixel_share(b, (h, w)), pixel_share(b, (h, w), warp)
+    s0, s1 = _pixel_share(b, (h, w)), _pixel_share(b, (h, w), warp)
     zy, zx = warp.zoom()
     if fig is None:
         fig = plt.figure(figsize=(10, 10 * h / w * 1.0 + 0.8), layout="constrained")

@@ -24,14 +24,14 @@ import torch
 from torch import Tensor
 
 from ._utils import as_size  # sizes: (H, W), an int n means (n, n)
-from .maps import (  # the pure map functions live in maps.py; importable from here as before
-    FWHM_RANGE, attraction_kernel, check_fwhm, interp_map, invert_map, marginal_to_map, pixel_centers,
-    resample, saliency_to_maps,
-)
+from .maps import interp_map as _interp_map
+from .maps import invert_map as _invert_map
+from .maps import pixel_centers as _pixel_centers
+from .maps import resample as _resample
+from .maps import saliency_to_maps as _saliency_to_maps
 from .saliency import GRID_SIZE
 
-__all__ = ["Warp", "attraction_kernel", "marginal_to_map", "saliency_to_maps", "interp_map", "invert_map",
-           "pixel_centers", "resample", "FWHM_RANGE", "check_fwhm"]
+__all__ = ["Warp"]
 
 
 @dataclass
@@ -64,6 +64,7 @@ class Warp:
     Example:
         >>> w = Warp.identity(2, (31, 51), image_size=(64, 128))
         >>> fy, fx = w.axes((64, 128))
+        >>> from warpadapt.maps import pixel_centers
         >>> torch.allclose(fx[0], pixel_centers(128))
         True
         >>> Warp(torch.tensor([[0., 0.7, 0.6, 1.]]), torch.tensor([[0., 1.]]))
@@ -161,7 +162,7 @@ class Warp:
 
     @classmethod
     def from_saliency(cls, saliency: Tensor, fwhm: float = 13.0, image_size=None, padding: int | None = None) -> "Warp":
-        """Build the warp of a (B, gh, gw) saliency map (see :func:`saliency_to_maps`).
+        """Build the warp of a (B, gh, gw) saliency map (see :func:`~warpadapt.maps.saliency_to_maps`).
 
         The maps are float64 for float64 saliency, float32 otherwise.
 
@@ -171,7 +172,7 @@ class Warp:
             >>> bool(w.zoom()[1].max() > 1.0)  # oversampled around the peak
             True
         """
-        my, mx = saliency_to_maps(saliency, fwhm, padding)
+        my, mx = _saliency_to_maps(saliency, fwhm, padding)
         return cls._trusted(my, mx, None if image_size is None else as_size(image_size, "image_size"))
 
     # -- basic properties ---------------------------------------------------------------------
@@ -258,11 +259,11 @@ class Warp:
             [[0.125, 0.375, 0.625, 0.875]]
         """
         h, w = as_size(size)
-        cy = pixel_centers(h, self.device, self.map_y.dtype)
-        cx = pixel_centers(w, self.device, self.map_x.dtype)
+        cy = _pixel_centers(h, self.device, self.map_y.dtype)
+        cx = _pixel_centers(w, self.device, self.map_x.dtype)
         if inverse:
-            return invert_map(self.map_y, cy), invert_map(self.map_x, cx)
-        return interp_map(self.map_y, cy), interp_map(self.map_x, cx)
+            return _invert_map(self.map_y, cy), _invert_map(self.map_x, cx)
+        return _interp_map(self.map_y, cy), _interp_map(self.map_x, cx)
 
     def grid(self, size, inverse: bool = False) -> Tensor:
         """The (B, H, W, 2) ``grid_sample`` grid (``align_corners=False``, xy order) at a resolution.
@@ -300,7 +301,7 @@ class Warp:
         """
         self._check_batch(x, "x")
         fy, fx = self.axes(x.shape[-2:], inverse=False)
-        return resample(x, fy, fx, mode, method)
+        return _resample(x, fy, fx, mode, method)
 
     def unapply(self, x: Tensor, mode: str = "bilinear", method: str = "grid_sample") -> Tensor:
         """Unwarp a (B, C, H, W) tensor computed on the warped image back to the original geometry.
@@ -314,7 +315,7 @@ class Warp:
         """
         self._check_batch(x, "x")
         fy, fx = self.axes(x.shape[-2:], inverse=True)
-        return resample(x, fy, fx, mode, method)
+        return _resample(x, fy, fx, mode, method)
 
     # -- points and boxes ---------------------------------------------------------------------
     def _coords(self, data, size, inverse: bool, name: str, k: int):
@@ -359,7 +360,7 @@ class Warp:
 
     def _map_xy(self, pts: Tensor, h: int, w: int, inverse: bool, ct: torch.dtype) -> Tensor:
         # original -> warped uses g^-1 (where does original content land); warped -> original uses g
-        f = interp_map if inverse else invert_map
+        f = _interp_map if inverse else _invert_map
         x = f(self.map_x.to(ct), pts[..., 0] / w) * w
         y = f(self.map_y.to(ct), pts[..., 1] / h) * h
         return torch.stack((x, y), -1)

@@ -1,5 +1,5 @@
 """Detection readers: COCO-format json (:class:`CocoDetection`) and BDD100K's own labels
-(:class:`BDD100KDetection`). Items follow the sample contract of :mod:`warpadapt.data.readers`.
+(:class:`BDD100KDetection`). Items follow the sample contract of :mod:`warpadapt.data`.
 """
 from __future__ import annotations
 

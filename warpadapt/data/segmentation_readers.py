@@ -1,6 +1,6 @@
 """Segmentation reader: Cityscapes-style folders (Cityscapes, ACDC, Dark Zurich, the synthetic export),
 :class:`CityscapesSegmentation`, with boxes derived from instance or semantic maps. Items follow the
-sample contract of :mod:`warpadapt.data.readers`.
+sample contract of :mod:`warpadapt.data`.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..saliency import boxes_from_instance_map as _core_instance_boxes
-from ..saliency import boxes_from_semantic as _core_semantic_boxes
+from .boxes import boxes_from_instance_map as _core_instance_boxes
+from .boxes import boxes_from_semantic as _core_semantic_boxes
 from .labels import CITYSCAPES_CLASSES, CITYSCAPES_THING_TRAIN_IDS, LABEL_ID_LUT, canonical_class, train_id_of
 from .reader_utils import as_list, read_image, read_label_png
 

@@ -47,23 +47,14 @@ from typing import Mapping
 
 import numpy as np
 
-from warpadapt.data.labels import (
-    CITYSCAPES_CLASSES, CLASS_TO_TRAIN_ID, DETECTION_CLASSES, IGNORE_INDEX, SYNTHETIC_THING_TRAIN_IDS,
-)
+from warpadapt.data.boxes import boxes_from_instance_map
+from warpadapt.data.labels import CLASS_TO_TRAIN_ID, DETECTION_CLASSES, IGNORE_INDEX
 from warpadapt.data.scene_background import add_texture, render_background
-from warpadapt.data.scene_layout import (  # noqa: F401  (ROAD, SIDEWALK, SKY: the old import path)
-    BUILDING, ROAD, SIDEWALK, SKY, SKY_DEPTH, Camera, SceneParams, sample_layout, scene_rng,
-)
+from warpadapt.data.scene_layout import BUILDING, SKY_DEPTH, Camera, SceneParams, sample_layout, scene_rng
 from warpadapt.data.scene_objects import Canvas, draw_objects
 from warpadapt.data.scene_styles import STYLES, jitter_style, resolve_style
-from warpadapt.saliency import boxes_from_instance_map
 
 __all__ = [
-    "TRAIN_ID_NAMES",
-    "DETECTION_CLASSES",
-    "CLASS_TO_TRAIN_ID",
-    "THING_TRAIN_IDS",
-    "IGNORE_INDEX",
     "SKY_DEPTH",
     "STYLES",
     "SceneParams",
@@ -71,10 +62,6 @@ __all__ = [
     "scene_rng",
 ]
 
-#: The train-id names (the canonical class names; defined in :mod:`warpadapt.data.labels`).
-TRAIN_ID_NAMES = CITYSCAPES_CLASSES
-#: The generator's objects (instances with boxes; :data:`~warpadapt.data.labels.SYNTHETIC_THING_TRAIN_IDS`).
-THING_TRAIN_IDS = SYNTHETIC_THING_TRAIN_IDS
 #: Instance ids are ``train_id * INSTANCE_DIVISOR + k`` (the Cityscapes encoding).
 INSTANCE_DIVISOR = 1000
 _LABEL_OF_TRAIN_ID = {CLASS_TO_TRAIN_ID[name]: i + 1 for i, name in enumerate(DETECTION_CLASSES)}
