@@ -4,7 +4,8 @@
     python benchmarks/recipe_speed.py --recipe mic --rounds 4 --iters 30 --forward 30 threads=1
     python benchmarks/recipe_speed.py --recipe twopcnet model.backbone=pvt_v2_b0 threads=1
 
-The recipe's own ``main(argv)`` runs in this process for ``--iters`` iterations with
+The recipe runs as a user runs it (``python recipes/<recipe>.py ...``, one process per round) for
+``--iters`` iterations with
 ``warp.guidance=instance`` and with ``warp.guidance=none``, ``--rounds`` times in ABBA order (instance
 first in even rounds, none first in odd ones, so a drift in the machine's load favours neither arm),
 each from a fresh model and otherwise the same command (any ``key=value`` given here is passed on).
@@ -23,10 +24,12 @@ interleaved, N times each (minimum and median; the difference is the warp's cost
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import math
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,26 +42,28 @@ QUICK = {"twopcnet": ["eval.every=0", "eval.max_images=1", "data.val_images=1"],
 ARMS = ("instance", "none")
 
 
-def load_recipe(name: str):
-    path = ROOT / "recipes" / f"{name}.py"
-    if not path.is_file():
-        raise ValueError(f"--recipe: no recipe {path}")
-    spec = importlib.util.spec_from_file_location(f"{name}_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_recipe(name: str, argv: list[str]) -> dict:
+    """``python recipes/<name>.py argv`` in a subprocess; its ``final.json``."""
+    out = next(a.split("=", 1)[1] for a in argv if a.startswith("out_dir="))
+    subprocess.run([sys.executable, str(ROOT / "recipes" / f"{name}.py"), *argv], check=True,
+                   stdout=subprocess.DEVNULL)
+    return json.loads((Path(out) / "final.json").read_text())
 
 
-def time_source_phase(mic, overrides, reps: int) -> dict:
+def time_source_phase(overrides, reps: int) -> dict:
     """(min, median) seconds of mic's source forward + backward with and without the warp, interleaved."""
     import torch
     import torch.nn.functional as F
 
-    cfg = mic.load_config("mic", list(overrides), default=mic.DEFAULT_CONFIG)
+    from warpadapt.data import collate_segmentation
+    from warpadapt.uda.build import segmentation_datasets, segmenter_from_config, warp_from_config
+    from warpadapt.uda.config import load_config
+
+    cfg = load_config(ROOT / "recipes" / "mic.py", list(overrides), default="synthetic_clear2fog")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    batch = mic.collate([mic.build_datasets(cfg)[0][i] for i in range(cfg.train.batch_size)])
-    net = mic.Segmenter(cfg.model.backbone, mic.NUM_CLASSES, cfg.model.out_indices, None, cfg.model.embed_dim).train()
+    batch = collate_segmentation([segmentation_datasets(cfg)[0][i] for i in range(cfg.train.batch_size)])
+    net = segmenter_from_config(cfg, warp_from_config(cfg)).train()
 
     def step(boxes):
         tic = time.perf_counter()
@@ -87,15 +92,14 @@ def main(argv=None) -> dict:
         ap.error("--iters and --rounds must be >= 1")
     if a.forward < 0 or (a.forward and a.recipe != "mic"):
         ap.error(f"--forward N needs N >= 0 and --recipe mic, got N={a.forward} with --recipe {a.recipe}")
-    recipe = load_recipe(a.recipe)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for phase, extra in PHASES[a.recipe].items():
             wall, cpu = {g: [] for g in ARMS}, {g: [] for g in ARMS}
             for r in range(a.rounds):
                 for guidance in (ARMS if r % 2 == 0 else ARMS[::-1]):
-                    final = recipe.main([f"out_dir={tmp}/{phase}_{guidance}_{r}", f"train.iters={a.iters}",
-                                         *QUICK[a.recipe], *extra, *a.overrides, f"warp.guidance={guidance}"])
+                    final = run_recipe(a.recipe, [f"out_dir={tmp}/{phase}_{guidance}_{r}", f"train.iters={a.iters}",
+                                                  *QUICK[a.recipe], *extra, *a.overrides, f"warp.guidance={guidance}"])
                     wall[guidance].append(final["seconds_per_iter"])
                     cpu[guidance].append(final.get("cpu_seconds_per_iter", math.nan))
                     print(f"{phase} round {r}: warp.guidance={guidance}: {wall[guidance][-1]:.3f} s/iter "
@@ -110,7 +114,7 @@ def main(argv=None) -> dict:
         cells = [f"{min(t['wall'][g]):.3f} / {statistics.median(t['wall'][g]):.3f}" for g in ARMS]
         print(f"| {phase} | {cells[0]} | {cells[1]} | {t['ratio']:.3f} | {t['cpu_ratio']:.3f} |")
     if a.forward:
-        phase = time_source_phase(recipe, a.overrides, a.forward)
+        phase = time_source_phase(a.overrides, a.forward)
         added = [phase["instance"][k] - phase["none"][k] for k in (0, 1)]
         print(f"\nsource forward + backward ({a.forward} interleaved pairs): with warp min {phase['instance'][0]:.4f} / "
               f"median {phase['instance'][1]:.4f} s, without min {phase['none'][0]:.4f} / median {phase['none'][1]:.4f} s; "

@@ -29,7 +29,6 @@ them in docs/RESULTS.md. Evaluation only: nothing trains.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -38,53 +37,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _recipe(name: str = "twopcnet"):
-    spec = importlib.util.spec_from_file_location(f"{name}_recipe", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _finished_mic_run(run_dir: Path, threads: int):
-    """(the mic recipe module, the run's config, its final checkpoint); an unfinished run is an error."""
+def _finished_run(run_dir: Path, recipe: str, threads: int):
+    """(the run's config, its final checkpoint) of a finished ``recipe`` run; an unfinished run is an error."""
     import torch
 
     from warpadapt.uda.checkpoint import load_checkpoint
     from warpadapt.uda.config import load_config
 
     torch.set_num_threads(threads)
-    mic = _recipe("mic")
-    cfg = load_config("mic", ["--config", str(run_dir / "config.yaml")])
+    cfg = load_config(ROOT / "recipes" / f"{recipe}.py", ["--config", str(run_dir / "config.yaml")], default="")
     ckpt = load_checkpoint(run_dir / "last.pt")
     if ckpt["step"] != cfg.train.iters:
         raise ValueError(f"{run_dir}: checkpoint at step {ckpt['step']}, run planned {cfg.train.iters}: unfinished")
-    return mic, cfg, ckpt
+    return cfg, ckpt
 
 
 def diagnose(run_dir: Path, images: int = 200, threads: int = 1) -> dict:
     import torch
 
-    from warpadapt.uda.checkpoint import load_checkpoint
-    from warpadapt.uda.config import load_config
+    from warpadapt.uda.build import detection_datasets, detector_from_config
     from warpadapt.uda.evaluate import evaluate_detection
     from warpadapt.uda.pseudo import filter_detections, pseudo_label_quality
 
-    torch.set_num_threads(threads)
-    recipe = _recipe()
-    cfg = load_config("twopcnet", ["--config", str(run_dir / "config.yaml")])
-    ckpt = load_checkpoint(run_dir / "last.pt")
-    if ckpt["iteration"] != cfg.train.iters:
-        raise ValueError(f"{run_dir}: checkpoint at iteration {ckpt['iteration']}, run planned {cfg.train.iters}: unfinished")
-    _, tgt_train, _, tgt_test, classes = recipe.build_datasets(cfg)
+    cfg, ckpt = _finished_run(run_dir, "twopcnet", threads)
+    _, tgt_train, _, tgt_test, classes = detection_datasets(cfg)
     models = {"student": ckpt["student"]}
     if cfg.uda.enabled and cfg.train.iters > cfg.train.burn_in:  # EMATeacher's state: module.<name>
         models["teacher"] = {k.removeprefix("module."): v for k, v in ckpt["teacher"].items()}
     n = min(images, len(tgt_train))
     items = [tgt_train[i] for i in range(n)]
-    out = {"run": run_dir.name, "iters": ckpt["iteration"], "threshold": cfg.uda.threshold, "images": n,
+    out = {"run": run_dir.name, "iters": ckpt["step"], "threshold": cfg.uda.threshold, "images": n,
            "target_split": cfg.eval.target_split}
     for name, state in models.items():
-        net = recipe.build_detector(cfg, len(classes) + 1)
+        net = detector_from_config(cfg, len(classes) + 1)
         net.load_state_dict(state)
         net.eval()
         res = evaluate_detection(net, tgt_test, classes, batch_size=cfg.eval.batch_size, max_images=cfg.eval.max_images)
@@ -111,24 +96,23 @@ def diagnose_segmentation(run_dir: Path, images: int = 100, threads: int = 1) ->
     gives on target train (argmax, confident where max probability > uda.threshold)."""
     import torch
 
-    from warpadapt.models import Segmenter
-    from warpadapt.uda.dist import DistInfo
+    from warpadapt.data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX
+    from warpadapt.uda.build import evaluate_segmenter, segmentation_datasets, segmenter_from_config
 
-    mic, cfg, ckpt = _finished_mic_run(run_dir, threads)
-    _, tgt_train, src_val, tgt_test = mic.build_datasets(cfg)
+    cfg, ckpt = _finished_run(run_dir, "mic", threads)
+    _, tgt_train, src_val, tgt_test = segmentation_datasets(cfg)
     models = {"student": ckpt["student"]}
     if cfg.uda.enabled:
         models["teacher"] = {k.removeprefix("module."): v for k, v in ckpt["teacher"].items()}
     n = min(images, len(tgt_train))
     out = {"run": run_dir.name, "iters": ckpt["step"], "threshold": cfg.uda.threshold, "images": n,
            "target_split": cfg.eval.target_split}
-    road = mic.CITYSCAPES_CLASSES.index("road")
+    road = CITYSCAPES_CLASSES.index("road")
     for name, state in models.items():
-        m = cfg.model
-        net = Segmenter(m.backbone, mic.NUM_CLASSES, m.out_indices, None, m.embed_dim, m.dropout, "none")
+        net = segmenter_from_config(cfg)
         net.load_state_dict(state)
         net.eval()
-        res = mic.evaluate(net, (src_val, tgt_test), cfg, DistInfo())
+        res = evaluate_segmenter(net, (src_val, tgt_test), cfg)
         confident = correct = valid = road_pred = road_gt = road_tp = 0
         band_gt, band_tp = torch.zeros(len(ROAD_BANDS)), torch.zeros(len(ROAD_BANDS))
         with torch.no_grad():
@@ -136,7 +120,7 @@ def diagnose_segmentation(run_dir: Path, images: int = 100, threads: int = 1) ->
                 items = [tgt_train[j] for j in range(i, min(n, i + cfg.eval.batch_size))]
                 prob, pred = net(torch.stack([it["image"] for it in items])).softmax(1).max(1)
                 gt = torch.stack([it["semantic"] for it in items])
-                ok = gt != mic.IGNORE_INDEX
+                ok = gt != IGNORE_INDEX
                 conf = (prob > cfg.uda.threshold) & ok
                 valid += int(ok.sum())
                 confident += int(conf.sum())
@@ -171,14 +155,13 @@ def bn_recalibration(run_dir: Path, images: int = 64, threads: int = 1) -> dict:
     If evaluation-time statistics are what holds a row back, the re-estimated rows say how much."""
     import torch
 
-    from warpadapt.models import Segmenter
     from warpadapt.uda.bn import recompute_bn_stats
-    from warpadapt.uda.dist import DistInfo
+    from warpadapt.uda.build import evaluate_segmenter, segmentation_datasets, segmenter_from_config
 
-    mic, cfg, ckpt = _finished_mic_run(run_dir, threads)
-    src_train, tgt_train, src_val, tgt_test = mic.build_datasets(cfg)
-    m, bs = cfg.model, cfg.eval.batch_size
-    net = Segmenter(m.backbone, mic.NUM_CLASSES, m.out_indices, None, m.embed_dim, m.dropout, "none")
+    cfg, ckpt = _finished_run(run_dir, "mic", threads)
+    src_train, tgt_train, src_val, tgt_test = segmentation_datasets(cfg)
+    bs = cfg.eval.batch_size
+    net = segmenter_from_config(cfg)
     out = {"run": run_dir.name, "images": images, "bn_stats": cfg.train.get("bn_stats", "all")}
     for name, ds in (("as_trained", None), ("source", src_train), ("target", tgt_train)):
         net.load_state_dict(ckpt["student"])
@@ -187,7 +170,7 @@ def bn_recalibration(run_dir: Path, images: int = 64, threads: int = 1) -> dict:
             recompute_bn_stats(net, (torch.stack([ds[j]["image"] for j in range(i, min(n, i + bs))])
                                      for i in range(0, n, bs)))
         net.eval()
-        res = mic.evaluate(net, (src_val, tgt_test), cfg, DistInfo())
+        res = evaluate_segmenter(net, (src_val, tgt_test), cfg)
         out[name] = {k: res[k] for k in ("target_miou", "target_thing_miou", "source_miou", "target_iou")}
     print(f"{run_dir.name}: target mIoU as trained {100 * out['as_trained']['target_miou']:.1f}, BatchNorm statistics "
           f"from source train {100 * out['source']['target_miou']:.1f}, from target train "

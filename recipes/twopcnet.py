@@ -2,8 +2,10 @@
 
     python recipes/twopcnet.py                                    # synthetic day -> night (default)
     python recipes/twopcnet.py --config synthetic_clear2fog warp.guidance=none
+    python recipes/twopcnet.py model.backbone=pvt_v2_b0 train.seed=1             # any timm backbone
     python recipes/twopcnet.py --config bdd100k_day2night data.root=/data/bdd100k model.backbone=convnext_tiny
     torchrun --nproc_per_node=4 recipes/twopcnet.py --config bdd100k_clear2rainy data.root=/data/bdd100k
+    python recipes/twopcnet.py --help                             # every key, its default and what it does
 
 Method (2PCNet, CVPR 2023, + Instance-Warp): a Faster R-CNN student trains on labelled source
 images and a NightAug copy of each (the only forward that is warped: saliency from the ground-truth
@@ -17,68 +19,34 @@ Outputs in ``out_dir``: config.yaml, metrics.jsonl, curves.png, last.pt, final.j
 from __future__ import annotations
 
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from warpadapt import GUIDANCES, fit_static_prior, load_prior, save_prior
-from warpadapt.data import BDD100KDetection, CocoDetection, SyntheticDrivingDataset, get_pair, list_pairs
-from warpadapt.models import Detector
-from warpadapt.uda.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from warpadapt.uda.config import check_choice, check_range, load_config, save_config
-from warpadapt.uda.dist import barrier, cleanup_distributed, setup_distributed, wrap_ddp
+from warpadapt.uda.build import detection_datasets, detector_from_config, warp_from_config
+from warpadapt.uda.cli import run
+from warpadapt.uda.config import check_choice, check_range, load_config
 from warpadapt.uda.data import infinite_loader
+from warpadapt.uda.dist import cleanup_distributed, wrap_ddp
 from warpadapt.uda.ema import EMATeacher
 from warpadapt.uda.evaluate import evaluate_detection
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.nightaug import night_aug
 from warpadapt.uda.pseudo import filter_detections
-
-PAIR_KINDS = ("inline", "bdd100k", "coco")
-
-
-def build_datasets(cfg):
-    """(source train, target train, source val, target val, class names) for ``cfg.data``."""
-    d = cfg.data
-    if d.pair in list_pairs() or d.pair == "inline":
-        pair = get_pair(d.inline if d.pair == "inline" else d.pair)
-        size = tuple(d.image_size)
-        make = lambda dom, split, n: SyntheticDrivingDataset(pair, dom, split, size=size, length=n)  # noqa: E731
-        sets = [make("source", "train", d.train_images), make("target", "train", d.train_images),
-                make("source", "val", d.val_images), make("target", cfg.eval.target_split, d.val_images)]
-        return (*sets, list(sets[0].classes))
-    if d.root is None:
-        raise ValueError(f"config: data.root: data.pair={d.pair!r} reads a dataset folder; pass data.root=/path")
-    root = Path(d.root)
-    if d.pair == "bdd100k":  # one BDD100K folder, the domains picked by attribute filters
-        filters = lambda f: {k: v for k, v in f.items() if v is not None}  # noqa: E731
-        sets = [BDD100KDetection(root, split, **filters(dom))
-                for split in ("train", "val") for dom in (d.source, d.target)]
-    else:  # coco: an (image folder, json) per domain and split, relative to data.root
-        first = CocoDetection(root / d.source.train_images, root / d.source.train_json)
-        coco = lambda dom, split: CocoDetection(  # noqa: E731
-            root / dom[f"{split}_images"], root / dom[f"{split}_json"], classes=first.classes)
-        sets = [first, coco(d.target, "train"), coco(d.source, "val"), coco(d.target, "val")]
-    return (*sets, list(sets[0].classes))
+from warpadapt.uda.run import RunState, check_common, start_run, static_prior
 
 
-def build_detector(cfg, num_classes, warp_options=None):
-    """The student of ``cfg.model`` (``num_classes`` with background); ``warp_options`` None: no warp."""
-    m = cfg.model
-    return Detector(
-        m.backbone, num_classes, out_indices=m.out_indices, pretrained_file=m.pretrained_file,
-        guidance=cfg.warp.guidance if warp_options is not None else "none", warp_options=warp_options or {},
-        fpn_channels=m.fpn_channels, anchor_scale=m.anchor_scale, min_size=cfg.data.image_size[0],
-        max_size=cfg.data.image_size[1], representation_size=m.representation_size,
-        rpn_batch_size_per_image=m.rpn_batch_size, box_batch_size_per_image=m.roi_batch_size,
-        rpn_pre_nms_top_n_train=m.rpn_pre_nms_train, rpn_post_nms_top_n_train=m.rpn_post_nms_train,
-        rpn_pre_nms_top_n_test=m.rpn_pre_nms_test, rpn_post_nms_top_n_test=m.rpn_post_nms_test,
-        box_score_thresh=m.score_thresh, box_detections_per_img=m.detections_per_img)
+def check(cfg) -> None:
+    """This recipe's keys (the shared ones: check_common; warp options: SaliencyWarp; data: the builders)."""
+    check_common(cfg)
+    check_choice(cfg, "warp.stage", ("burn_in", "always"))
+    check_choice(cfg, "train.optimizer", ("sgd", "adamw"))
+    check_range(cfg, "train.burn_in", 0, integer=True)
+    for key, hi in (("uda.threshold", 1), ("uda.ema_keep_rate", 1), ("uda.consistency_weight", None),
+                    ("uda.rpn_weight", None)):
+        check_range(cfg, key, 0, hi)
 
 
 def collate(items):
@@ -86,55 +54,29 @@ def collate(items):
     return [it["image"] for it in items], [{"boxes": it["boxes"], "labels": it["labels"]} for it in items]
 
 
+def consistency_loss(student_logits, teacher_logits):
+    """Phase two: KL(p_teacher || p_student) per box, weighted by the teacher's max class probability."""
+    p_t = F.softmax(teacher_logits, dim=1)
+    kl = (p_t * (p_t.clamp_min(1e-8).log() - F.log_softmax(student_logits, dim=1))).sum(1)
+    return (p_t.max(1).values * kl).mean()
+
+
 def main(argv=None):
     # ------------------------------------------------------------------ config
-    cfg = load_config("twopcnet", sys.argv[1:] if argv is None else argv, default="synthetic_day2night")
-    check_choice(cfg, "warp.guidance", GUIDANCES)
-    check_choice(cfg, "warp.stage", ("burn_in", "always"))
-    check_choice(cfg, "train.optimizer", ("sgd", "adamw"))
-    check_choice(cfg, "data.pair", tuple(list_pairs()) + PAIR_KINDS)
-    check_choice(cfg, "eval.target_split", ("val", "test"))
-    check_choice(cfg, "eval.model", ("auto", "student", "teacher"))
-    if cfg.eval.model == "teacher" and not cfg.uda.enabled:
-        raise ValueError("config: eval.model: teacher needs uda.enabled=true (source-only training has no teacher)")
-    if cfg.data.pair in ("bdd100k", "coco") and cfg.eval.target_split != "val":
-        raise ValueError("config: eval.target_split: dataset folders are evaluated on their val split; use val")
-    for key, lo, hi, integer in (("train.iters", 1, None, True), ("train.burn_in", 0, None, True),
-                                 ("train.batch_size", 1, None, True), ("train.lr", 0, None, False),
-                                 ("train.warmup", 0, None, True), ("eval.every", 0, None, True),
-                                 ("uda.threshold", 0, 1, False), ("uda.ema_keep_rate", 0, 1, False),
-                                 ("uda.consistency_weight", 0, None, False), ("warp.fwhm", 1e-6, None, False)):
-        check_range(cfg, key, lo, hi, integer=integer)
-    if len(cfg.data.image_size) != 2 or min(cfg.data.image_size) < 16:
-        raise ValueError(f"config: data.image_size: expected [H, W] with H, W >= 16, got {list(cfg.data.image_size)}")
-    out_dir = Path(cfg.out_dir)
+    cfg = load_config(__file__, argv, default="synthetic_day2night")
+    check(cfg)
     tc, uc = cfg.train, cfg.uda
 
     # ------------------------------------------------------------------ set-up
-    info = setup_distributed(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    info, out_dir, resuming = start_run(cfg)
     torch.manual_seed(tc.seed + info.rank)
-    if info.is_main:
-        save_config(cfg, out_dir)
 
     # ------------------------------------------------------------------ data
-    src_train, tgt_train, src_val, tgt_val, classes = build_datasets(cfg)
+    src_train, tgt_train, src_val, tgt_val, classes = detection_datasets(cfg)
 
     # ------------------------------------------------------------------ models
-    warp_options = dict(fwhm=cfg.warp.fwhm, bandwidth_scale=cfg.warp.bandwidth_scale,
-                        amplitude_scale=cfg.warp.amplitude_scale, grid_size=tuple(cfg.warp.grid_size))
-    if cfg.warp.guidance == "static":  # FOVEA's static prior: mean instance saliency of the source boxes
-        prior_path = out_dir / "static_prior.npz"
-        if info.is_main and not prior_path.exists():
-            n = min(len(src_train), cfg.warp.prior_images)
-            items = [src_train[i] for i in range(n)]
-            prior = fit_static_prior([it["boxes"] for it in items], [tuple(it["image"].shape[-2:]) for it in items],
-                                     tuple(cfg.warp.grid_size), cfg.warp.bandwidth_scale, cfg.warp.amplitude_scale)
-            save_prior(prior_path, prior, images=n)
-        barrier()
-        warp_options["prior"] = load_prior(prior_path)
-    student = build_detector(cfg, len(classes) + 1, warp_options).to(info.device)
+    warp = warp_from_config(cfg, static_prior(cfg, src_train, out_dir, info))  # built once, from cfg.warp
+    student = detector_from_config(cfg, len(classes) + 1, warp).to(info.device)
     teacher = EMATeacher(student)
     model = wrap_ddp(student, info)
     params = [p for p in student.parameters() if p.requires_grad]
@@ -142,59 +84,29 @@ def main(argv=None):
         optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     else:
         optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    # LR: linear warm-up, then x0.1 at the FIXED iterations train.lr_steps. The schedule does not depend
-    # on train.iters, so a run stopped at iteration k and resumed with a larger train.iters follows
-    # exactly the same curve as one straight run (a cosine over train.iters would not).
+    # LR: linear warm-up, then x0.1 at the FIXED iterations train.lr_steps (independent of train.iters,
+    # so a run stopped at k and resumed with a larger train.iters follows the same curve as a straight one)
     lr_at = lambda it: min(1.0, (it + 1) / max(1, tc.warmup)) * 0.1 ** sum(it >= s for s in tc.lr_steps)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     nightaug_gen = torch.Generator().manual_seed(tc.seed * 1000 + info.rank)
 
     # ------------------------------------------------------------------ resume
-    start = 0
-    ckpt_path = out_dir / "last.pt"
-    if cfg.resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if len(ckpt["rng"]) != info.world_size:
-            raise ValueError(f"resume: {ckpt_path} was written by {len(ckpt['rng'])} processes, this run has "
-                             f"{info.world_size}; resume with the same number (or start a new out_dir)")
-        student.load_state_dict(ckpt["student"])
-        teacher.load_state_dict(ckpt["teacher"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"][info.rank])
-        nightaug_gen.set_state(ckpt["nightaug"][info.rank])
-        start = ckpt["iteration"]
+    state = RunState(out_dir / "last.pt", info, cfg, generators={"nightaug": nightaug_gen}, student=student,
+                     teacher=teacher, optimizer=optimizer, scheduler=scheduler)
+    start = state.load() if resuming else 0
     logger = MetricsLogger(out_dir, enabled=info.is_main, resume_step=start if start else None)
     src_iter = infinite_loader(src_train, tc.batch_size, seed=tc.seed, info=info, start_step=start,
                                collate_fn=collate, num_workers=cfg.data.workers)
     tgt_iter = infinite_loader(tgt_train, tc.batch_size, seed=tc.seed + 1, info=info,
                                start_step=max(0, start - tc.burn_in), collate_fn=collate,
                                num_workers=cfg.data.workers) if uc.enabled else None
-
-    def evaluated(step):
-        """eval.model=auto: the teacher once it exists (2PCNet evaluates the teacher), the student before."""
-        use_teacher = cfg.eval.model == "teacher" or (cfg.eval.model == "auto" and uc.enabled)
-        return teacher.module if use_teacher and step > tc.burn_in else student
+    # eval.model=auto: the teacher once it exists (2PCNet evaluates the teacher), the student before
+    use_teacher = cfg.eval.model == "teacher" or (cfg.eval.model == "auto" and uc.enabled)
+    evaluated = lambda step: teacher.module if use_teacher and step > tc.burn_in else student  # noqa: E731
 
     def evaluate(step):
-        net = evaluated(step)
         kw = dict(device=info.device, batch_size=cfg.eval.batch_size, max_images=cfg.eval.max_images, info=info)
-        src, tgt = evaluate_detection(net, src_val, classes, **kw), evaluate_detection(net, tgt_val, classes, **kw)
-        return {"source_map50": src["mAP50"], "target_map50": tgt["mAP50"], "_src": src, "_tgt": tgt}
-
-    def save(step):
-        rngs = [None] * info.world_size
-        state = (rng_state(), nightaug_gen.get_state())
-        if info.enabled:
-            torch.distributed.all_gather_object(rngs, state)
-        else:
-            rngs = [state]
-        if info.is_main:
-            save_checkpoint(ckpt_path, {"student": student.state_dict(), "teacher": teacher.state_dict(),
-                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                        "rng": [r[0] for r in rngs], "nightaug": [r[1] for r in rngs],
-                                        "iteration": step, "config": OmegaConf.to_container(cfg)})
-        barrier()
+        return [evaluate_detection(evaluated(step), ds, classes, **kw) for ds in (src_val, tgt_val)]
 
     # ------------------------------------------------------------------ training loop
     model.train()
@@ -203,7 +115,6 @@ def main(argv=None):
     for it in bar:
         t0, c0 = time.perf_counter(), time.process_time()
         adapting = uc.enabled and it >= tc.burn_in
-        warp = cfg.warp.guidance != "none" and (cfg.warp.stage == "always" or it < tc.burn_in)
 
         # (a) source + NightAug copy, supervised; the ONLY warped forward (boxes = ground truth)
         images, targets = next(src_iter)
@@ -214,7 +125,7 @@ def main(argv=None):
             dark = list(night_aug(torch.stack(images), nightaug_gen)) if same else \
                 [night_aug(x[None], nightaug_gen)[0] for x in images]
             images, targets = images + dark, targets + targets
-        out = model(images, targets, warp=warp)
+        out = model(images, targets, warp=cfg.warp.stage == "always" or it < tc.burn_in)
         losses = dict(out.losses)
         loss = sum(losses.values())
 
@@ -222,8 +133,7 @@ def main(argv=None):
             if it == tc.burn_in:  # end of burn-in: the teacher starts as a copy of the student
                 teacher.reset(student)
             # (b) teacher pseudo-labels on the target image (eval mode: never warped)
-            t_images, _ = next(tgt_iter)
-            t_images = [x.to(info.device) for x in t_images]
+            t_images = [x.to(info.device) for x in next(tgt_iter)[0]]
             with torch.no_grad():
                 detections, _, t_feats = teacher.module.detect(t_images, return_features=True)
                 pseudo = filter_detections(detections, uc.threshold)
@@ -231,14 +141,11 @@ def main(argv=None):
             # objectness (box regression weight 0) and are appended to the proposals (RoI sampling).
             t_out = model(t_images, pseudo, warp=False, roi_loss=False)
             losses["loss_rpn_pseudo"] = uc.rpn_weight * t_out.losses["loss_objectness"]
-            # Phase two: the teacher re-scores the student's sampled proposals on its own features;
-            # KL(p_teacher || p_student) weighted by the teacher's max class probability.
+            # Phase two: the teacher re-scores the student's sampled proposals on its own features (same
+            # transform, so its features of t_images align with the student's ImageList)
             with torch.no_grad():
-                # same transform, so the teacher's features of t_images align with the student's ImageList
-                p_t = F.softmax(teacher.module.rescore(t_out.images, t_out.proposals, t_feats), dim=1)
-            log_p_s = F.log_softmax(t_out.class_logits, dim=1)
-            kl = (p_t * (p_t.clamp_min(1e-8).log() - log_p_s)).sum(1)
-            losses["loss_consistency"] = uc.consistency_weight * (p_t.max(1).values * kl).mean()
+                t_logits = teacher.module.rescore(t_out.images, t_out.proposals, t_feats)
+            losses["loss_consistency"] = uc.consistency_weight * consistency_loss(t_out.class_logits, t_logits)
             losses["pseudo_per_image"] = torch.tensor(sum(len(p["boxes"]) for p in pseudo) / len(pseudo))
             loss = loss + losses["loss_rpn_pseudo"] + losses["loss_consistency"]
 
@@ -269,20 +176,19 @@ def main(argv=None):
             shown = {k[5:]: f"{v:.3f}" for k, v in scalars.items() if k.startswith("loss_")}
             bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.2g}", **shown)
         if cfg.eval.every and step % cfg.eval.every == 0 and step < tc.iters:
-            res = evaluate(step)
-            logger.log(step, "eval", source_map50=res["source_map50"], target_map50=res["target_map50"])
-            save(step)
+            src, tgt = evaluate(step)
+            logger.log(step, "eval", source_map50=src["mAP50"], target_map50=tgt["mAP50"])
+            state.save(step)
     bar.close()
 
     # ------------------------------------------------------------------ final evaluation and outputs
     if start < tc.iters:
-        save(tc.iters)
+        state.save(tc.iters)
     t_eval = time.perf_counter()
-    res = evaluate(tc.iters)
+    src, tgt = evaluate(tc.iters)
     t_eval = time.perf_counter() - t_eval
     if start < tc.iters:  # a finished run resumed again: its final eval is already logged
-        logger.log(tc.iters, "eval", source_map50=res["source_map50"], target_map50=res["target_map50"])
-    tgt, src = res["_tgt"], res["_src"]
+        logger.log(tc.iters, "eval", source_map50=src["mAP50"], target_map50=tgt["mAP50"])
     final = {"source_map50": src["mAP50"], "target_map50": tgt["mAP50"], "target_ap": tgt["AP"],
              "target_ap_small": tgt["AP_small"], "target_ap_medium": tgt["AP_medium"],
              "target_ap_large": tgt["AP_large"], "target_ap50_per_class": tgt["AP50_per_class"],
@@ -303,4 +209,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -37,7 +37,7 @@ def cfg_dir(tmp_path):
 
 
 def test_config_base_and_overrides(cfg_dir):
-    cfg = load_config("rec", ["--config", "pair", "train.lr=1", "model.pretrained_file=/w.pth",
+    cfg = load_config(cfg_dir / "rec.py", ["--config", "pair", "train.lr=1", "model.pretrained_file=/w.pth",
                               "train.image_size=[32,64]", "effects.fog.beta=0.1"],
                       default="base", config_dir=cfg_dir)
     assert cfg.train.iters == 20 and cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
@@ -50,9 +50,9 @@ def test_config_base_and_overrides(cfg_dir):
 
 
 def test_config_by_path_and_default(cfg_dir):
-    assert load_config("rec", [], default="base", config_dir=cfg_dir).train.iters == 10
+    assert load_config(cfg_dir / "rec.py", [], default="base", config_dir=cfg_dir).train.iters == 10
     path = str(cfg_dir / "rec" / "pair.yaml")
-    assert load_config("rec", [f"--config={path}"], config_dir=cfg_dir).train.iters == 20
+    assert load_config(cfg_dir / "rec.py", [f"--config={path}"], default="base", config_dir=cfg_dir).train.iters == 20
 
 
 @pytest.mark.parametrize("override, key", [
@@ -63,16 +63,16 @@ def test_config_by_path_and_default(cfg_dir):
 ])
 def test_config_rejects_naming_key(cfg_dir, override, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        load_config("rec", [override], default="base", config_dir=cfg_dir)
+        load_config(cfg_dir / "rec.py", [override], default="base", config_dir=cfg_dir)
 
 
 def test_config_command_line_errors(cfg_dir):
     with pytest.raises(ValueError, match="--config"):
-        load_config("rec", ["--config", "nosuch"], config_dir=cfg_dir)
+        load_config(cfg_dir / "rec.py", ["--config", "nosuch"], default="base", config_dir=cfg_dir)
     with pytest.raises(ValueError, match="key=value"):
-        load_config("rec", ["--lr", "3"], default="base", config_dir=cfg_dir)
+        load_config(cfg_dir / "rec.py", ["--lr", "3"], default="base", config_dir=cfg_dir)
     with pytest.raises(ValueError, match="--config"):
-        load_config("rec", ["--config"], default="base", config_dir=cfg_dir)
+        load_config(cfg_dir / "rec.py", ["--config"], default="base", config_dir=cfg_dir)
 
 
 def test_check_helpers():

@@ -221,7 +221,7 @@ def test_vit_forward_intermediates_keeps_tokens_and_checks_feature_sizes():
     assert final.dim() == 3  # (B, L, C) tokens come back as computed
     assert shapes(inter) == [(2, 48, 4, 6)] * 2
     # features handed over in the wrong layout are refused by name, not resampled along the wrong axes
-    _, warp = wrapped.make_warp(x, BOXES2)
+    _, warp = wrapped.warper(x, BOXES2)
     with pytest.raises(ValueError, match=r"features\[0\] have spatial size \(6, 48\)"):
         wrapped.unwarp([inter[0].permute(0, 2, 3, 1)], warp)
 

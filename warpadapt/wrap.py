@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .modules import FeatureUnwarp, SaliencyWarp
+from .modules import FeatureUnwarp, SaliencyWarp, as_saliency_warp
 from .warp import Warp
 
 __all__ = ["WarpedBackbone", "wrap"]
@@ -28,17 +29,21 @@ def _is_features_only(model: nn.Module) -> bool:
 
 
 class WarpedBackbone(nn.Module):
-    """A timm backbone that warps its input in training (with boxes) and unwarps every feature level.
+    """A timm backbone that warps its input in training and unwarps every feature level.
 
-    Built by :func:`wrap`. Holds the model as ``self.model`` and adds no parameters or buffers; its
-    ``state_dict()`` has exactly the bare model's keys and loads into it (and back).
+    Built by :func:`wrap`. Runs ``warp -> model -> neck (optional) -> unwarp``: the neck (for example a
+    ViTDet-style pyramid over a plain ViT) sees the warped geometry, and every map it returns is unwarped
+    at its own resolution. Holds the model as ``self.model`` and adds no parameters or buffers besides
+    the neck's; without a neck its ``state_dict()`` has exactly the bare model's keys and loads into it
+    (and back); a neck's keys come under ``neck.``.
 
-    * ``forward(images, boxes)`` in training mode: warp -> backbone -> unwarp, features in the original
-      geometry (same structure, shapes and layout as the bare model returns).
-    * eval mode, or ``boxes=None``: exactly ``model(images)`` (zero added work).
+    When it warps (the one rule; callers only say whether they want it):
+    training mode, guidance other than "none", and ``warp=True`` or, with ``warp`` left None, ``boxes``
+    given. Otherwise ``forward`` is exactly ``neck(model(images))`` (the bare model without a neck). A
+    warp asked for in eval mode is an error: evaluation never warps.
     """
 
-    def __init__(self, model: nn.Module, warper: SaliencyWarp, mode: str = "auto", method: str = "grid_sample") -> None:
+    def __init__(self, model: nn.Module, warper: SaliencyWarp, mode: str = "auto", neck: nn.Module | None = None) -> None:
         super().__init__()
         if mode not in ("auto", "features", "intermediates"):
             raise ValueError(f"mode must be 'auto', 'features' or 'intermediates', got {mode!r}")
@@ -49,17 +54,30 @@ class WarpedBackbone(nn.Module):
                 f"model ({type(model).__name__}) is neither a timm features_only model nor has "
                 "forward_intermediates(); build it with timm.create_model(..., features_only=True)"
             )
+        if not isinstance(warper, SaliencyWarp):
+            raise TypeError(f"warper must be a warpadapt.SaliencyWarp, got {type(warper).__name__}")
+        if neck is not None and not isinstance(neck, nn.Module):
+            raise TypeError(f"neck must be an nn.Module or None, got {type(neck).__name__}")
         self.model = model
         self.warper = warper
         self.mode = mode
-        self.unwarp = FeatureUnwarp(_layout_of(model) if mode == "features" else "NCHW", method)
+        self.neck = neck
+        # a neck returns NCHW maps; without one the features keep the model's layout
+        layout = _layout_of(model) if (mode == "features" and neck is None) else "NCHW"
+        self.unwarp = FeatureUnwarp(layout, warper.method)
         self.register_state_dict_post_hook(_strip_prefix)
         self.register_load_state_dict_pre_hook(_add_prefix)
         self.register_load_state_dict_post_hook(_report_bare_keys)
 
+    @property
+    def layout(self) -> str:
+        """"NCHW" or "NHWC": the layout of the maps ``forward`` returns (a neck's are NCHW)."""
+        return self.unwarp.layout
+
     # timm-style introspection passes through
     @property
     def feature_info(self):
+        """The model's ``feature_info`` (a neck's levels are the neck's business)."""
         return self.model.feature_info
 
     def __getattr__(self, name: str) -> Any:
@@ -71,35 +89,37 @@ class WarpedBackbone(nn.Module):
                 raise
             return getattr(model, name)
 
-    def _should_warp(self, boxes, warp: bool | None) -> bool:
-        if warp is not None:
-            return bool(warp) and self.warper.guidance != "none"
-        return self.training and boxes is not None and self.warper.guidance != "none"
-
-    def make_warp(self, images: Tensor, boxes=None) -> tuple[Tensor, Warp]:
-        """Warp a batch of images: ``(warped, warp)`` (see :class:`~warpadapt.SaliencyWarp`)."""
-        return self.warper(images, boxes)
+    def warps(self, boxes=None, warp: bool | None = None) -> bool:
+        """Whether ``forward(images, boxes, warp=warp)`` warps (the rule in the class docstring)."""
+        wanted = (boxes is not None) if warp is None else bool(warp)
+        if wanted and not self.training and warp:
+            raise ValueError("warp: evaluation never warps (warp=True needs training mode)")
+        return wanted and self.training and self.warper.guidance != "none"
 
     def forward(self, images: Tensor, boxes=None, *, warp: bool | None = None, return_warp: bool = False, **kwargs):
         """Args:
             images: (B, C, H, W).
-            boxes: list of B tensors (N_i, 4) xyxy pixels of ``images``; triggers the warp in training.
-            warp: force (True) or forbid (False) the warp regardless of mode; default: training and boxes.
+            boxes: list of B tensors (N_i, 4) xyxy pixels of ``images``; in training they trigger the warp.
+            warp: True warps without boxes (static / geometric guidance), False never warps; None: warp
+                when boxes are given. Only in training mode.
             return_warp: also return the :class:`Warp` used (None when not warped).
             kwargs: passed to ``forward_intermediates`` for plain (not features_only) models.
 
         Returns:
-            the model's features (list / dict / tensor, same shapes), or ``(features, warp)``.
+            the model's features (list / dict / tensor, same shapes; the neck's output if there is a
+            neck), or ``(features, warp)``.
         """
-        if not self._should_warp(boxes, warp):
-            feats = self._run(images, **kwargs)
-            return (feats, None) if return_warp else feats
-        warped, w = self.warper(images, boxes)
-        feats = self._run(warped, **kwargs)
-        unwarp = self.unwarp
-        if self.mode == "intermediates" and str(kwargs.get("output_fmt", "NCHW")).upper() == "NHWC":
-            unwarp = FeatureUnwarp("NHWC", self.unwarp.method)
-        feats = unwarp(feats, w)
+        w = None
+        if self.warps(boxes, warp):
+            images, w = self.warper(images, boxes)
+        feats = self._run(images, **kwargs)
+        if self.neck is not None:
+            feats = self.neck(feats)
+        if w is not None:
+            unwarp = self.unwarp
+            if self.mode == "intermediates" and str(kwargs.get("output_fmt", "NCHW")).upper() == "NHWC":
+                unwarp = FeatureUnwarp("NHWC", self.unwarp.method)
+            feats = unwarp(feats, w)
         return (feats, w) if return_warp else feats
 
     def _run(self, images: Tensor, **kwargs):
@@ -108,11 +128,12 @@ class WarpedBackbone(nn.Module):
         return self.model.forward_intermediates(images, intermediates_only=True, **kwargs)
 
     def forward_intermediates(self, images: Tensor, boxes=None, *, warp: bool | None = None, **kwargs):
-        """timm's ``forward_intermediates`` with the warp: intermediates unwarped; a 4-D final feature map
-        (CNNs) is unwarped too; token outputs (ViT final ``(B, L, C)``) are returned as computed."""
+        """timm's ``forward_intermediates`` with the warp (same rule as ``forward``; the neck is not
+        applied): intermediates unwarped; a 4-D final feature map (CNNs) is unwarped too; token outputs
+        (ViT final ``(B, L, C)``) are returned as computed."""
         if not hasattr(self.model, "forward_intermediates"):
             raise TypeError(f"{type(self.model).__name__} has no forward_intermediates()")
-        if not self._should_warp(boxes, warp):
+        if not self.warps(boxes, warp):
             return self.model.forward_intermediates(images, **kwargs)
         warped, w = self.warper(images, boxes)
         out = self.model.forward_intermediates(warped, **kwargs)
@@ -160,6 +181,8 @@ def _add_prefix(module, state_dict, prefix, local_metadata, strict, missing_keys
         if not key.startswith(prefix):
             continue
         rel = key[len(prefix):]
+        if module.neck is not None and rel.startswith("neck."):
+            continue  # the neck's own keys
         if rel not in own and rel.startswith(_PREFIX) and rel[len(_PREFIX):] in own:
             continue  # already in the wrapped form
         renames[key] = inner + rel
@@ -184,18 +207,23 @@ def _report_bare_keys(module, incompatible_keys) -> None:
         keys[:] = [prefix + k[len(inner):] if k.startswith(inner) else k for k in keys]
 
 
-def wrap(model: nn.Module, guidance: str = "instance", *, mode: str = "auto", method: str = "grid_sample", **warp_options) -> WarpedBackbone:
+def wrap(model: nn.Module, warp: SaliencyWarp | str | Mapping | None = None, *, neck: nn.Module | None = None,
+         mode: str = "auto", **warp_options) -> WarpedBackbone:
     """Wrap a timm backbone so it trains on saliency-warped images with unwarped features.
 
     Args:
         model: a timm model built with ``features_only=True`` (any output format: NCHW, NHWC such as
             Swin, ViT features through ``FeatureGetterNet``), or any timm model with
             ``forward_intermediates`` (its forward then returns the intermediates).
-        guidance: "instance", "static", "geometric" or "none" (see :class:`~warpadapt.SaliencyWarp`).
+        warp: the warp, read by :func:`~warpadapt.modules.as_saliency_warp` (as everywhere in the
+            library): a :class:`~warpadapt.SaliencyWarp`, a guidance name ("instance", "static",
+            "geometric", "none"), a mapping of its options, or None (the default instance warp).
+        neck: an optional module run on the features between the warp and the unwarp (it must
+            return NCHW maps); e.g. a simple pyramid over a plain ViT.
         mode: "auto" (detect), "features" or "intermediates".
-        method: feature resampling, "grid_sample" or "separable".
-        **warp_options: passed to :class:`~warpadapt.SaliencyWarp` (grid_size, fwhm, bandwidth_scale,
-            amplitude_scale, prior, vanishing_point, geometric_sigma, dtype), range-checked there.
+        **warp_options: :class:`~warpadapt.SaliencyWarp` keyword arguments (``guidance``, ``grid_size``,
+            ``fwhm``, ``bandwidth_scale``, ``amplitude_scale``, ``prior``, ``vanishing_point``,
+            ``geometric_sigma``, ``method``, ``dtype``), range-checked there.
 
     Returns:
         a :class:`WarpedBackbone` with the model's ``feature_info``.
@@ -210,9 +238,11 @@ def wrap(model: nn.Module, guidance: str = "instance", *, mode: str = "auto", me
         >>> bare = net.eval()(x)  # eval: exactly the bare model
         >>> all(a.equal(b) for a, b in zip(bare, net.model(x)))
         True
+        >>> wrap(timm.create_model("resnet18", features_only=True), {"guidance": "geometric", "fwhm": 6.0}).warper.fwhm
+        6.0
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (a timm model), got {type(model).__name__}")
     if isinstance(model, WarpedBackbone):
         raise ValueError("model is already wrapped")
-    return WarpedBackbone(model, SaliencyWarp(guidance, method=method, **warp_options), mode=mode, method=method)
+    return WarpedBackbone(model, as_saliency_warp(warp, **warp_options), mode=mode, neck=neck)

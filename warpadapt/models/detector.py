@@ -65,19 +65,22 @@ class SimplePyramid(nn.Module):
 
 
 class TimmFPN(nn.Module):
-    """timm features (wrapped: warp in, unwarp out) -> optional simple pyramid -> torchvision FPN.
+    """timm features (wrapped: warp in, [neck,] unwarp out) -> torchvision FPN.
 
     Args:
-        body: a :class:`~warpadapt.WarpedBackbone` over a timm ``features_only`` model.
+        body: a :class:`~warpadapt.WarpedBackbone` over a timm ``features_only`` model; for a plain
+            ViT (one stride) its neck is a :class:`SimplePyramid` (``wrap(model, neck=SimplePyramid(c))``),
+            which the body runs between the warp and the unwarp.
         out_channels: FPN channels.
 
-    ``forward(x, boxes=None, warp=False)`` returns an ``OrderedDict`` ``"0", "1", ..., "pool"`` of
-    (B, out_channels, H / stride, W / stride) maps; ``strides`` lists each level's stride.
+    ``forward(x, boxes=None)`` returns an ``OrderedDict`` ``"0", "1", ..., "pool"`` of
+    (B, out_channels, H / stride, W / stride) maps; ``strides`` lists each level's stride. Whether the
+    input is warped is the body's rule (training mode and boxes given).
 
     Example:
         >>> body = wrap(create_backbone("resnet18", out_indices=(2, 3)))
         >>> fpn = TimmFPN(body, 32)
-        >>> feats = fpn.train()(torch.rand(2, 3, 64, 96), [torch.tensor([[8., 8., 20., 30.]])] * 2, warp=True)
+        >>> feats = fpn.train()(torch.rand(2, 3, 64, 96), [torch.tensor([[8., 8., 20., 30.]])] * 2)
         >>> list(feats), fpn.strides, tuple(feats["0"].shape)
         (['0', '1', 'pool'], [8, 16, 32], (2, 32, 8, 12))
     """
@@ -86,37 +89,25 @@ class TimmFPN(nn.Module):
         super().__init__()
         if not isinstance(body, WarpedBackbone):
             raise TypeError(f"body must be a warpadapt.WarpedBackbone (use warpadapt.wrap), got {type(body).__name__}")
-        self.body = body
         channels = list(body.feature_info.channels())
         strides = list(body.feature_info.reduction())
-        fmt = getattr(body.model, "output_fmt", "")
-        self.nhwc = str(getattr(fmt, "value", fmt)).upper() == "NHWC"
-        self.pyramid = None
-        self.unwarp = FeatureUnwarp("NCHW", body.unwarp.method)  # the pyramid's levels are NCHW
-        if len(set(strides)) == 1:  # plain ViT: build the levels from the last map
-            self.pyramid = SimplePyramid(channels[-1])
-            strides = [max(1, int(strides[-1] * s)) for s in self.pyramid.scales]
-            channels = self.pyramid.channels
+        if isinstance(body.neck, SimplePyramid):
+            strides = [max(1, int(strides[-1] * s)) for s in body.neck.scales]
+            channels = body.neck.channels
+        elif body.neck is not None:
+            raise TypeError(f"body.neck: TimmFPN knows the levels of a SimplePyramid neck only, got {type(body.neck).__name__}")
+        elif len(set(strides)) == 1 and len(strides) > 1:
+            raise ValueError("body: every level has stride {strides[0]} (a plain ViT): give it a pyramid, "
+                             "wrap(model, neck=SimplePyramid(channels))")
+        self.body = body
         self.fpn = FeaturePyramidNetwork(channels, int(out_channels), extra_blocks=LastLevelMaxPool())
         self.out_channels = int(out_channels)
         self.strides = strides + [2 * strides[-1]]  # the pool level
 
-    def forward(self, x: Tensor, boxes: list[Tensor] | None = None, warp: bool = False) -> "OrderedDict[str, Tensor]":
-        do_warp = bool(warp) and boxes is not None and self.body.warper.guidance != "none"
-        if self.pyramid is None:
-            feats = self.body(x, boxes, warp=do_warp)  # warp -> timm -> unwarp every level
-            if self.nhwc:
-                feats = [f.permute(0, 3, 1, 2) for f in feats]
-        else:  # warp -> ViT -> pyramid -> unwarp each level at its own resolution
-            w = None
-            if do_warp:
-                x, w = self.body.make_warp(x, boxes)
-            feats = self.body.model(x)
-            if self.nhwc:
-                feats = [f.permute(0, 3, 1, 2) for f in feats]
-            feats = self.pyramid(feats)
-            if w is not None:
-                feats = self.unwarp(feats, w)
+    def forward(self, x: Tensor, boxes: list[Tensor] | None = None) -> "OrderedDict[str, Tensor]":
+        feats = self.body(x, boxes)  # warp -> timm -> [pyramid] -> unwarp every level (when warping)
+        if self.body.layout == "NHWC":
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
@@ -143,15 +134,18 @@ class Detector(FasterRCNN):
     Args:
         backbone: any timm model name (ResNets, ConvNeXt, PVT-v2, Swin, plain ViTs ...).
         num_classes: torchvision convention: foreground classes + 1 (background = label 0).
-        out_indices: timm feature levels to use (None: timm's default).
-        pretrained_file: local timm weights (nothing downloads; None = random init).
-        guidance, warp_options: the warp (``warpadapt.wrap``: "instance", "static" (``prior=``),
-            "geometric", "none"; ``fwhm``, ``bandwidth_scale``, ``amplitude_scale`` ...).
+        out_indices: timm feature levels to use (None: every level at stride >= 4, from timm's
+            ``feature_info``: any family).
+        pretrained_file: local timm weights (nothing downloads; None = random init);
+            ``pretrained_strict``: see :func:`~warpadapt.models.backbone.create_backbone`.
+        warp: the warp, as :func:`warpadapt.wrap` takes it (a ``SaliencyWarp``, a guidance name
+            "instance" / "static" / "geometric" / "none", or a mapping of its options; None: instance).
+        image_size: (H, W) of the training batches, for fixed-size timm families (None: timm's default).
         fpn_channels: FPN width. anchor_scale: anchor side = anchor_scale x level stride.
         aspect_ratios: anchor aspect ratios (h / w), the same at every level.
         min_size, max_size: torchvision's resize (the shorter side to ``min_size``).
         representation_size: width of the two-layer RoI box head.
-        timm_kwargs: extra ``timm.create_model`` arguments.
+        timm_kwargs: extra ``timm.create_model`` arguments (they win over the size arguments).
         **kwargs: any other ``torchvision.models.detection.FasterRCNN`` argument
             (``rpn_batch_size_per_image``, ``box_batch_size_per_image``, ``rpn_post_nms_top_n_train`` ...).
 
@@ -164,7 +158,7 @@ class Detector(FasterRCNN):
         :meth:`rescore` runs this model's RoI box head on given proposals over its own features.
 
     Example:
-        >>> det = Detector("resnet18", num_classes=3, out_indices=(2, 3), fpn_channels=32, min_size=64,
+        >>> det = Detector("resnet18", num_classes=3, out_indices=(2, 3), warp={"fwhm": 8.0}, fpn_channels=32, min_size=64,
         ...                max_size=128, representation_size=64)
         >>> imgs = torch.rand(2, 3, 64, 128)
         >>> tgts = [{"boxes": torch.tensor([[10., 10., 30., 40.]]), "labels": torch.tensor([1])}] * 2
@@ -179,17 +173,19 @@ class Detector(FasterRCNN):
     """
 
     def __init__(self, backbone: str = "resnet18", num_classes: int = 8, *, out_indices=None,
-                 pretrained_file: str | None = None, guidance: str = "instance", warp_options: dict | None = None,
-                 fpn_channels: int = 256, anchor_scale: float = 8.0, aspect_ratios=(0.5, 1.0, 2.0),
+                 pretrained_file: str | None = None, pretrained_strict: bool = True, warp=None,
+                 image_size=None, fpn_channels: int = 256, anchor_scale: float = 8.0, aspect_ratios=(0.5, 1.0, 2.0),
                  min_size: int = 800, max_size: int = 1333, representation_size: int = 1024,
                  timm_kwargs: dict | None = None, **kwargs) -> None:
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes: expected an int >= 2 (foreground classes + background), got {num_classes!r}")
         if not anchor_scale > 0:
             raise ValueError(f"anchor_scale: expected a positive number, got {anchor_scale!r}")
-        body = wrap(create_backbone(backbone, out_indices, pretrained_file, **(timm_kwargs or {})),
-                    guidance, **(warp_options or {}))
-        neck = TimmFPN(body, fpn_channels)
+        model = create_backbone(backbone, out_indices, pretrained_file, image_size=image_size,
+                                pretrained_strict=pretrained_strict, **(timm_kwargs or {}))
+        plain = len(set(model.feature_info.reduction())) == 1  # a plain ViT: a simple pyramid from its last map
+        pyramid = SimplePyramid(model.feature_info.channels()[-1]) if plain else None
+        neck = TimmFPN(wrap(model, warp, neck=pyramid), fpn_channels)
         levels = [str(i) for i in range(len(neck.strides) - 1)]
         anchors = AnchorGenerator(tuple((float(anchor_scale * s),) for s in neck.strides),
                                   (tuple(float(a) for a in aspect_ratios),) * len(neck.strides))
@@ -206,9 +202,10 @@ class Detector(FasterRCNN):
         return self.backbone.strides
 
     def features(self, images: ImageList, targets=None, warp: bool = False) -> "OrderedDict[str, Tensor]":
-        """FPN features of transformed images; ``warp=True`` warps with the targets' boxes (training only)."""
+        """FPN features of transformed images; ``warp=True`` hands the targets' boxes to the backbone,
+        which warps with them (training mode only: its rule)."""
         boxes = [t["boxes"] for t in targets] if (warp and targets is not None) else None
-        return self.backbone(images.tensors, boxes, warp=warp and self.training)
+        return self.backbone(images.tensors, boxes)
 
     def forward(self, images, targets=None, *, warp: bool = False, roi_loss: bool = True):
         if not self.training:

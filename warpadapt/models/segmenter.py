@@ -91,8 +91,11 @@ class Segmenter(nn.Module):
         out_indices: feature levels (None: strides >= 4, see :func:`~warpadapt.models.backbone.create_backbone`).
         pretrained_file: local timm checkpoint for the backbone (None: random init).
         embed_dim, dropout: of the :class:`AllMLPHead`.
-        guidance: warp guidance, "instance", "static", "geometric" or "none" (see :func:`warpadapt.wrap`).
-        **warp_options: passed to :func:`warpadapt.wrap` (fwhm, grid_size, prior, ...).
+        warp: the warp, as :func:`warpadapt.wrap` takes it (a ``SaliencyWarp``, a guidance name
+            "instance" / "static" / "geometric" / "none", or a mapping of its options; None: instance).
+        pretrained_strict: see :func:`~warpadapt.models.backbone.create_backbone`.
+        image_size: (H, W) of the training images, for fixed-size timm families (None: timm's default).
+        timm_kwargs: extra ``timm.create_model`` arguments.
 
     ``forward(images, boxes=None)``:
         images: (B, 3, H, W) RGB in [0, 1] (normalised inside with the ImageNet mean / std).
@@ -119,17 +122,21 @@ class Segmenter(nn.Module):
         pretrained_file: str | None = None,
         embed_dim: int = 256,
         dropout: float = 0.1,
-        guidance: str = "instance",
-        **warp_options,
+        warp=None,
+        *,
+        pretrained_strict: bool = True,
+        image_size: Sequence[int] | None = None,
+        timm_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         if isinstance(backbone, str):
-            model = create_backbone(backbone, out_indices, pretrained_file, min_reduction=4)
+            model = create_backbone(backbone, out_indices, pretrained_file, image_size=image_size,
+                                    pretrained_strict=pretrained_strict, **(timm_kwargs or {}))
         elif isinstance(backbone, nn.Module):
             model = backbone
         else:
             raise TypeError(f"backbone must be a timm model name or an nn.Module, got {type(backbone).__name__}")
-        self.backbone: WarpedBackbone = wrap(model, guidance, **warp_options)
+        self.backbone: WarpedBackbone = wrap(model, warp)
         self.num_classes = int(num_classes)
         self.head = AllMLPHead(model.feature_info.channels(), self.num_classes, embed_dim, dropout)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -144,6 +151,8 @@ class Segmenter(nn.Module):
             raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
         h, w = images.shape[-2:]
         feats = self.backbone(self.normalize(images), boxes=boxes)  # warped + unwarped in training with boxes
+        if self.backbone.layout == "NHWC":  # e.g. Swin
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
         logits = self.head(feats, (math.ceil(h / 4), math.ceil(w / 4)))
         return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
 

@@ -1,0 +1,193 @@
+"""What both recipes do around their loop: the checks every recipe shares, the static prior, and the run
+state that makes a stopped run resume where it stopped.
+
+:class:`RunState` saves and restores, in one atomic file (``out_dir/last.pt``): every object with a
+``state_dict`` (models, EMA teacher, optimisers, schedulers, a gradient scaler), every named
+``torch.Generator``, the step, the config, and every rank's global RNG state. One world-size policy:
+
+- resumed with the number of processes that wrote it: each rank gets back its own RNG states, so the
+  run continues bit for bit as if it had never stopped;
+- resumed with another number: weights, optimiser, schedule and step are restored, and every random
+  stream is re-seeded from (seed, step, rank) (one printed line says so): the run goes on correctly
+  but is no longer bit-identical to an uninterrupted one (the data shards differ anyway).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..modules import GUIDANCES
+from ..saliency import fit_static_prior, load_prior, save_prior
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import check_choice, check_range
+from .dist import DistInfo, all_gather_objects, barrier, setup_distributed
+
+__all__ = ["RunState", "check_common", "start_run", "static_prior"]
+
+
+def start_run(cfg: DictConfig) -> tuple[DistInfo, Path, bool]:
+    """Set a run up: torchrun's process group and device, CPU threads, the run folder.
+
+    Rank 0 decides whether the run resumes (``resume=true`` and ``out_dir/last.pt`` present), refuses an
+    ``out_dir`` that already holds a run unless ``resume=true`` or ``overwrite=true``
+    (:func:`~warpadapt.uda.cli.check_out_dir`), writes the resolved ``config.yaml``, and tells every rank
+    (an error there is raised on every rank, so no rank waits for the others forever).
+
+    Returns:
+        ``(info, out_dir, resuming)``.
+    """
+    from .cli import check_out_dir
+    from .config import save_config
+
+    info = setup_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    decision: tuple = (True, False)
+    if info.is_main:
+        try:
+            decision = (True, check_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite))
+            save_config(cfg, out)
+        except (ValueError, FileExistsError, OSError) as e:
+            decision = (False, e)
+    ok, value = all_gather_objects(decision)[0]
+    if not ok:
+        raise value
+    return info, out, bool(value)
+
+
+def check_common(cfg: DictConfig) -> None:
+    """The checks of the keys every recipe has (each error names the key; the warp's own options are
+    checked by :class:`~warpadapt.SaliencyWarp` when the recipe builds it).
+
+    >>> cfg = OmegaConf.create({"threads": 0, "train": {"iters": 0}})
+    >>> check_common(cfg)
+    Traceback (most recent call last):
+    ...
+    ValueError: config: train.iters: expected an int >= 1, got 0
+    """
+    for key in ("train.iters", "train.batch_size", "train.log_every", "eval.max_images", "eval.batch_size",
+                "data.train_images", "data.val_images", "warp.prior_images"):
+        if OmegaConf.select(cfg, key) is not None or key == "train.iters":
+            check_range(cfg, key, 1, integer=True)
+    for key in ("train.warmup", "eval.every", "threads", "data.workers"):
+        if OmegaConf.select(cfg, key) is not None:
+            check_range(cfg, key, 0, integer=True)
+    check_range(cfg, "train.seed", None, integer=True)
+    check_range(cfg, "train.lr", 1e-12)
+    check_choice(cfg, "eval.target_split", ("val", "test"))
+    check_choice(cfg, "eval.model", ("auto", "student", "teacher"))
+    if cfg.eval.model == "teacher" and not cfg.uda.enabled:
+        raise ValueError("config: eval.model: teacher needs uda.enabled=true (source-only training has no teacher)")
+    check_choice(cfg, "warp.guidance", GUIDANCES)
+    size = cfg.data.image_size
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 32 for v in size):
+        raise ValueError(f"config: data.image_size: expected [H, W] with ints >= 32, got {list(size)}")
+
+
+def static_prior(cfg: DictConfig, source_train, out_dir: str | Path, info: DistInfo):
+    """FOVEA's static prior for ``warp.guidance=static`` (None for any other guidance): the mean
+    instance saliency of the boxes of the first ``warp.prior_images`` source training items. Rank 0
+    fits it once and caches it in ``out_dir/static_prior.npz``; every rank then reads that file, so
+    all ranks warp with the same map.
+
+    >>> import tempfile, torch
+    >>> cfg = OmegaConf.create({"warp": {"guidance": "static", "prior_images": 2, "grid_size": [5, 9],
+    ...                                  "bandwidth_scale": 64.0, "amplitude_scale": 1.0}})
+    >>> items = [{"image": torch.zeros(3, 32, 64), "boxes": torch.tensor([[8., 8., 16., 16.]])}] * 2
+    >>> static_prior(cfg, items, tempfile.mkdtemp(), DistInfo()).shape
+    torch.Size([5, 9])
+    """
+    w = cfg.warp
+    if w.guidance != "static":
+        return None
+    path = Path(out_dir) / "static_prior.npz"
+    if info.is_main and not path.is_file():
+        n = min(int(w.prior_images), len(source_train))
+        items = [source_train[i] for i in range(n)]
+        prior = fit_static_prior([it["boxes"] for it in items], [tuple(it["image"].shape[-2:]) for it in items],
+                                 tuple(w.grid_size), w.bandwidth_scale, w.amplitude_scale)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_prior(path, prior, images=n)
+    barrier()
+    return load_prior(path)
+
+
+def _reseed(seed: int, step: int, rank: int, generators: dict) -> None:
+    base = (int(seed) * 1_000_003 + int(step) * 7919 + int(rank) * 104_729) % (2**63)
+    random.seed(base)
+    np.random.seed(base % (2**32))
+    torch.manual_seed(base)
+    for i, g in enumerate(generators.values()):
+        g.manual_seed(base + 1 + i)
+
+
+class RunState:
+    """The resumable state of a run: ``save(step)`` on every rank, ``load()`` -> the step to start at.
+
+    Args:
+        path: the checkpoint file (``out_dir/last.pt``).
+        info: this process's :class:`~warpadapt.uda.dist.DistInfo`.
+        cfg: the run's config (saved with the state; ``train.seed`` re-seeds on a world-size change).
+        generators: named ``torch.Generator`` objects of this rank (NightAug, ClassMix, masks ...).
+        **objects: named objects with ``state_dict`` / ``load_state_dict`` (model, teacher, optimizer ...).
+
+    Every rank calls :meth:`save` (the RNG states are gathered from all of them); rank 0 writes the file
+    atomically; every rank returns after it exists.
+
+    Example:
+        >>> import tempfile
+        >>> net, g = torch.nn.Linear(2, 2), torch.Generator().manual_seed(1)
+        >>> state = RunState(Path(tempfile.mkdtemp()) / "last.pt", DistInfo(), OmegaConf.create({"train": {"seed": 0}}),
+        ...                  generators={"mix": g}, model=net)
+        >>> state.save(7); a = torch.rand(1, generator=g)
+        >>> _ = net.weight.data.zero_(); state.load(), bool(torch.rand(1, generator=g) == a), bool(net.weight.any())
+        (7, True, True)
+    """
+
+    def __init__(self, path: str | Path, info: DistInfo, cfg: DictConfig, *, generators: dict | None = None,
+                 **objects: Any) -> None:
+        self.path, self.info, self.cfg = Path(path), info, cfg
+        self.generators = dict(generators or {})
+        for name, obj in objects.items():
+            if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+                raise TypeError(f"{name}: expected an object with state_dict() / load_state_dict(), got {type(obj).__name__}")
+        self.objects = objects
+
+    def save(self, step: int) -> None:
+        rngs = all_gather_objects({"global": rng_state(),
+                                   "generators": {k: g.get_state() for k, g in self.generators.items()}})
+        if self.info.is_main:
+            state = {name: obj.state_dict() for name, obj in self.objects.items()}
+            state.update(step=int(step), world_size=self.info.world_size, rng=rngs,
+                         config=OmegaConf.to_container(self.cfg, resolve=True))
+            save_checkpoint(self.path, state)
+        barrier()
+
+    def load(self) -> int:
+        """Restore everything from :attr:`path`; returns the step it was saved at."""
+        state = load_checkpoint(self.path)
+        missing = [k for k in ("step", "rng", *self.objects) if k not in state]
+        if missing:
+            raise ValueError(f"resume: {self.path} has no {missing} (written by another version or recipe?); "
+                             "start a new out_dir or pass overwrite=true")
+        for name, obj in self.objects.items():
+            obj.load_state_dict(state[name])
+        step, rngs = int(state["step"]), state["rng"]
+        if len(rngs) == self.info.world_size:
+            mine = rngs[self.info.rank]
+            set_rng_state(mine["global"])
+            for name, g in self.generators.items():
+                g.set_state(mine["generators"][name])
+        else:
+            if self.info.is_main:
+                print(f"resume: {self.path} was written by {len(rngs)} processes, this run has {self.info.world_size}: "
+                      "weights, optimiser, schedule and step restored; random streams re-seeded from (seed, step, rank), "
+                      "so the run is not bit-identical to an uninterrupted one")
+            _reseed(self.cfg.train.seed, step, self.info.rank, self.generators)
+        return step
