@@ -37,7 +37,7 @@ def warp_from_config(cfg: DictConfig, prior=None) -> SaliencyWarp:
     >>> warp_from_config(OmegaConf.create({"warp": {"guidance": "instance", "fwhm": -1.0}}))
     Traceback (most recent call last):
     ...
-    ValueError: config: warp.fwhm: fwhm must be a real number in [0.1, 1000], got -1.0
+    ValueError: config: warp.fwhm: fwhm must be a number of grid cells in [0.1, 1000.0], got -1.0
     """
     w = OmegaConf.to_container(cfg.warp, resolve=True)
     options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in w.items() if k in WARP_KEYS}
