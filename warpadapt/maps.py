@@ -10,6 +10,7 @@ fractions of the image's extent.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch import Tensor
 
 __all__ = [
     "FWHM_RANGE",
+    "autocast_off",
     "check_fwhm",
     "attraction_kernel",
     "marginal_to_map",
@@ -33,6 +35,33 @@ __all__ = [
 #: (the identity map); above 1000 it is flat over any padded grid (no zoom), and the float arithmetic of
 #: the kernel would underflow or overflow far outside.
 FWHM_RANGE: tuple[float, float] = (0.1, 1000.0)
+
+
+@contextmanager
+def autocast_off(device):
+    """Run the warp's geometry in full precision inside any ``torch.autocast`` region.
+
+    Autocast would run ``conv1d`` / ``bmm`` / ``grid_sample`` in bfloat16 or float16: a bf16 map of a
+    2048-pixel axis has about 500 distinct values, i.e. positions off by tens of pixels. The saliency,
+    the maps, their inverse and the sampling grids are therefore computed with autocast switched off
+    for ``device``'s type (float32, or float64 when asked); outside autocast this does nothing.
+
+    Example:
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     with autocast_off(torch.device("cpu")):
+        ...         torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype
+        torch.float32
+    """
+    kind = torch.device(device).type if device is not None else "cpu"
+    try:
+        active = torch.is_autocast_enabled(kind)
+    except (RuntimeError, TypeError):  # a device type autocast does not know
+        active = False
+    if not active:
+        yield
+        return
+    with torch.autocast(kind, enabled=False):
+        yield
 
 
 def _map_dtype(t: Tensor) -> torch.dtype:
@@ -105,8 +134,9 @@ def marginal_to_map(marginal: Tensor, fwhm: float = 13.0, padding: int | None = 
     m_pad = F.pad(m[:, None, :], (p, p), mode="reflect") if p > 0 else m[:, None, :]
     pos = (torch.arange(n + 2 * p, device=m.device, dtype=dt) - p) / (n - 1)
     k = attraction_kernel(fwhm, p, device=m.device, dtype=dt)[None, None, :]
-    num = F.conv1d(m_pad * pos, k)[:, 0]
-    den = F.conv1d(m_pad, k)[:, 0]
+    with autocast_off(m.device):  # float32 / float64 under any autocast
+        num = F.conv1d(m_pad * pos, k)[:, 0]
+        den = F.conv1d(m_pad, k)[:, 0]
     g = (num / den.clamp(min=torch.finfo(dt).tiny)).clamp(0.0, 1.0)
     # Reflect padding makes g_0 = 0 and g_{n-1} = 1 exactly in exact arithmetic: pin them so the map
     # always spans the whole image. Monotone by construction; cummax only removes float-rounding wiggles.
@@ -234,7 +264,8 @@ def resample(x: Tensor, fy: Tensor, fx: Tensor, mode: str = "bilinear", method: 
     """Resample images or features at a separable grid of positions (border padding).
 
     Output pixel (i, j) of image b reads ``x[b]`` at the fractional position ``(fy[b, i], fx[b, j])``.
-    Computation is in float32 (float64 if ``x`` is float64) and the result has ``x``'s dtype. NaN or
+    Computation is in float32 (float64 if ``x`` is float64), also inside ``torch.autocast``, and the
+    result has ``x``'s dtype (bfloat16 features come back bfloat16). NaN or
     infinite values in ``x`` propagate to the output pixels that read them (as in any torch op); finite
     input gives finite output. Integer and bool ``x`` raise TypeError (cast label maps to float first).
 
@@ -270,12 +301,13 @@ def resample(x: Tensor, fy: Tensor, fx: Tensor, mode: str = "bilinear", method: 
     orig_dtype = x.dtype
     work = torch.float64 if orig_dtype == torch.float64 else torch.float32
     xw = x if x.dtype == work else x.to(work)
-    if method == "separable" and mode == "bilinear":
-        out = _separable_bilinear(xw, fy.to(work), fx.to(work))
-    else:
-        b, ho, wo = x.shape[0], fy.shape[1], fx.shape[1]
-        gx = (2.0 * fx.to(work) - 1.0)[:, None, :].expand(b, ho, wo)
-        gy = (2.0 * fy.to(work) - 1.0)[:, :, None].expand(b, ho, wo)
-        grid = torch.stack((gx, gy), dim=-1)
-        out = F.grid_sample(xw, grid, mode=mode, padding_mode="border", align_corners=False)
+    with autocast_off(x.device):
+        if method == "separable" and mode == "bilinear":
+            out = _separable_bilinear(xw, fy.to(work), fx.to(work))
+        else:
+            b, ho, wo = x.shape[0], fy.shape[1], fx.shape[1]
+            gx = (2.0 * fx.to(work) - 1.0)[:, None, :].expand(b, ho, wo)
+            gy = (2.0 * fy.to(work) - 1.0)[:, :, None].expand(b, ho, wo)
+            grid = torch.stack((gx, gy), dim=-1)
+            out = F.grid_sample(xw, grid, mode=mode, padding_mode="border", align_corners=False)
     return out if out.dtype == orig_dtype else out.to(orig_dtype)

@@ -75,6 +75,9 @@ class SaliencyWarp(nn.Module):
         dtype: dtype of the warp's maps, torch.float32 (default) or torch.float64. The warped image keeps
             its own dtype either way; float64 maps make point / box round trips exact to < 1e-6 px where
             float32 gives up to ``6e-8 * size * zoom`` px (see :class:`~warpadapt.warp.Warp`).
+            Inside ``torch.autocast`` (CUDA float16 / bfloat16, CPU bfloat16) the saliency, the maps and the
+            sampling grid are still computed in this dtype (autocast would give positions off by tens of
+            pixels at 2048 px); only the images and features keep their own (autocast) dtype.
 
     Every range is checked here (ValueError naming the option); :data:`OPTION_RANGES` holds them. NaN or
     infinite image pixels propagate to the warped pixels that read them; the warp itself is always finite.

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ._utils import as_size  # sizes: (H, W), an int n means (n, n)
+from .maps import autocast_off
 
 __all__ = [
     "GRID_SIZE",
@@ -239,7 +240,8 @@ def saliency_from_padded(
     p = min(gh, gw) - 1
     count = mask.sum(1)
     floor = count.to(gy.dtype) / (2 * p + 1) ** 2  # added once per box
-    s = torch.bmm((gy * weight[..., None]).transpose(1, 2), gx) + floor[:, None, None]  # (B, gh, gw)
+    with autocast_off(padded.device):  # float32 / float64 under any autocast
+        s = torch.bmm((gy * weight[..., None]).transpose(1, 2), gx) + floor[:, None, None]  # (B, gh, gw)
     s = s / s.sum(dim=(1, 2), keepdim=True).clamp(min=1e-30)
     # images without boxes: uniform (their s is all zeros before normalisation)
     return torch.where((count == 0)[:, None, None], torch.full_like(s, 1.0 / (gh * gw)), s)
