@@ -111,7 +111,8 @@ def unwarp_cost(arch: str, size, batch: int, repeat: int, out_indices=None):
     def floor():
         torch.autograd.backward([f * 1.0 for f in feats], grads)
 
-    return interleaved({"grid_sample": run("grid_sample"), "separable": run("separable"), "copy (floor)": floor}, repeat)
+    return interleaved({"grid_sample": run("grid_sample"), "separable": run("separable"), "matmul": run("matmul"),
+                        "copy (floor)": floor}, repeat)
 
 
 def naive_inverse(warp: Warp, size) -> torch.Tensor:
@@ -220,6 +221,8 @@ def main(argv=None):
                          f"{e['wrapped'] / e['bare']:.3f}"))
             rows.append((f"{arch} unwarp fwd+bwd, {label}: separable vs grid_sample", f"{u['grid_sample'] * 1e3:.0f} ms",
                          f"{u['separable'] * 1e3:.0f} ms", f"{u['separable'] / u['grid_sample']:.2f}"))
+            rows.append((f"{arch} unwarp fwd+bwd, {label}: matmul (deterministic) vs grid_sample", f"{u['grid_sample'] * 1e3:.0f} ms",
+                         f"{u['matmul'] * 1e3:.0f} ms", f"{u['matmul'] / u['grid_sample']:.2f}"))
             rows.append((f"{arch} unwarp fwd+bwd, {label}: grid_sample vs copy (floor)", f"{u['copy (floor)'] * 1e3:.0f} ms",
                          f"{u['grid_sample'] * 1e3:.0f} ms", f"{u['grid_sample'] / u['copy (floor)']:.2f}"))
             print(f"  done {arch} ({label}); levels {levels}", file=sys.stderr, flush=True)

@@ -27,6 +27,8 @@ __all__ = [
     "interp_map",
     "invert_map",
     "pixel_centers",
+    "METHODS",
+    "interpolation_matrix",
     "resample",
 ]
 
@@ -260,6 +262,36 @@ def _separable_bilinear(x: Tensor, fy: Tensor, fx: Tensor) -> Tensor:
     return torch.lerp(torch.gather(t, 2, gy0), torch.gather(t, 2, gy1), wy[:, None, :, None])
 
 
+#: Resampling methods of :func:`resample` (the same numbers up to float rounding).
+METHODS = ("grid_sample", "separable", "matmul")
+
+
+def interpolation_matrix(f: Tensor, n: int) -> Tensor:
+    """The 2-tap linear interpolation of an axis of ``n`` pixels at positions ``f`` as a matrix.
+
+    Row ``i`` of the result holds the two weights with which output ``i`` reads the input pixels around
+    ``f[:, i] * n - 0.5`` (border padding: positions past the outer pixel centres read the edge pixel),
+    so ``out = R @ x`` along that axis. Dense, but small for feature maps (``n`` up to a few hundred).
+
+    Args:
+        f: (B, M) positions as fractions in [0, 1]. n: input pixels on the axis.
+
+    Returns:
+        (B, M, n) matrix in ``f``'s dtype, each row summing to one.
+
+    Example:
+        >>> interpolation_matrix(torch.tensor([[0.5, 0.625]]), 4).tolist()
+        [[[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 1.0, 0.0]]]
+    """
+    t = (f * n - 0.5).clamp(0, n - 1)
+    i0 = t.detach().floor().long().clamp(max=max(n - 2, 0))
+    w1 = (t - i0.to(t.dtype))[..., None]
+    i1 = (i0 + 1).clamp(max=n - 1)
+    eye0 = F.one_hot(i0, n).to(f.dtype)
+    eye1 = F.one_hot(i1, n).to(f.dtype)
+    return eye0 * (1 - w1) + eye1 * w1
+
+
 def resample(x: Tensor, fy: Tensor, fx: Tensor, mode: str = "bilinear", method: str = "grid_sample") -> Tensor:
     """Resample images or features at a separable grid of positions (border padding).
 
@@ -274,8 +306,11 @@ def resample(x: Tensor, fy: Tensor, fx: Tensor, mode: str = "bilinear", method: 
         fy: (B, H_out) row positions as fractions in [0, 1].
         fx: (B, W_out) column positions as fractions in [0, 1].
         mode: "bilinear" or "nearest" ("nearest" for label maps; ``method`` is then grid_sample).
-        method: "grid_sample" (one 2-D ``F.grid_sample``; the fastest measured on CPU) or
-            "separable" (two 1-D gathers, bilinear only; equal to grid_sample up to rounding).
+        method: "grid_sample" (one 2-D ``F.grid_sample``; the fastest measured on CPU),
+            "separable" (two 1-D gathers, bilinear only; equal to grid_sample up to rounding) or
+            "matmul" (bilinear only: ``R_y @ x @ R_x^T`` with the two :func:`interpolation_matrix`
+            factors; forward and backward are plain matrix products, so deterministic on CUDA, where
+            grid_sample's backward is not, and tensor-core friendly).
 
     Returns:
         (B, C, H_out, W_out) tensor.
@@ -294,8 +329,8 @@ def resample(x: Tensor, fy: Tensor, fx: Tensor, mode: str = "bilinear", method: 
         )
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-    if method not in ("grid_sample", "separable"):
-        raise ValueError(f"method must be 'grid_sample' or 'separable', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating point tensor, got {x.dtype}")
     orig_dtype = x.dtype
@@ -304,6 +339,10 @@ def resample(x: Tensor, fy: Tensor, fx: Tensor, mode: str = "bilinear", method: 
     with autocast_off(x.device):
         if method == "separable" and mode == "bilinear":
             out = _separable_bilinear(xw, fy.to(work), fx.to(work))
+        elif method == "matmul" and mode == "bilinear":
+            ry = interpolation_matrix(fy.to(work), x.shape[2])  # (B, H_out, H)
+            rx = interpolation_matrix(fx.to(work), x.shape[3])  # (B, W_out, W)
+            out = ry[:, None] @ xw @ rx[:, None].transpose(-1, -2)
         else:
             b, ho, wo = x.shape[0], fy.shape[1], fx.shape[1]
             gx = (2.0 * fx.to(work) - 1.0)[:, None, :].expand(b, ho, wo)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .saliency import GRID_SIZE, geometric_prior, load_prior, pad_boxes, saliency_from_padded, uniform_saliency
-from .maps import FWHM_RANGE, check_fwhm, resample
+from .maps import FWHM_RANGE, METHODS, check_fwhm, resample
 from .warp import Warp
 
 __all__ = ["GUIDANCES", "OPTION_RANGES", "SaliencyWarp", "FeatureUnwarp", "as_saliency_warp"]
@@ -71,7 +71,8 @@ class SaliencyWarp(nn.Module):
         vanishing_point: for "geometric": (u0, v0) as fractions of width and height (two finite numbers;
             outside [0, 1] puts the point outside the image).
         geometric_sigma: for "geometric": widths (su, sv) as fractions of width and height, each in [1e-3, 1e3].
-        method: resampling method, "grid_sample" or "separable" (see :func:`~warpadapt.maps.resample`).
+        method: resampling method, "grid_sample", "separable" or "matmul" (deterministic on CUDA; see
+            :func:`~warpadapt.maps.resample`).
         dtype: dtype of the warp's maps, torch.float32 (default) or torch.float64. The warped image keeps
             its own dtype either way; float64 maps make point / box round trips exact to < 1e-6 px where
             float32 gives up to ``6e-8 * size * zoom`` px (see :class:`~warpadapt.warp.Warp`).
@@ -129,8 +130,8 @@ class SaliencyWarp(nn.Module):
         geometric_sigma = _check_pair("geometric_sigma", geometric_sigma, _check_range)
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-        if method not in ("grid_sample", "separable"):
-            raise ValueError(f"method must be 'grid_sample' or 'separable', got {method!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if fwhm > min(grid_size) - 1:
             warnings.warn(
                 f"fwhm={fwhm} exceeds the map padding P = min(grid_size) - 1 = {min(grid_size) - 1}: the attraction "
@@ -269,7 +270,7 @@ class FeatureUnwarp(nn.Module):
 
     Args:
         layout: "NCHW" (default) or "NHWC" (e.g. timm Swin features).
-        method: "grid_sample" or "separable" (see :func:`~warpadapt.maps.resample`).
+        method: "grid_sample", "separable" or "matmul" (see :func:`~warpadapt.maps.resample`).
 
     Example:
         >>> sw, unwarp = SaliencyWarp(), FeatureUnwarp()
@@ -284,8 +285,8 @@ class FeatureUnwarp(nn.Module):
         super().__init__()
         if layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
-        if method not in ("grid_sample", "separable"):
-            raise ValueError(f"method must be 'grid_sample' or 'separable', got {method!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.layout = layout
         self.method = method
 
