@@ -174,3 +174,42 @@ def test_check_common_and_start_run(tmp_path):
     assert start_run(OmegaConf.merge(cfg, {"resume": True}))[2] is True
     assert start_run(OmegaConf.merge(cfg, {"overwrite": True}))[2] is False and not (out / "last.pt").exists()
     assert json.loads(json.dumps(OmegaConf.to_container(cfg)))["out_dir"] == str(Path(out))
+
+
+def _two_ranks_log(rank, port, out):
+    import os
+
+    import torch.distributed as dist
+
+    from warpadapt.uda.run import StopSignal, log_values
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    info = DistInfo(rank=rank, world_size=2, enabled=True)
+    result = {"mean": log_values({"loss": torch.tensor(float(rank + 1))}, info, 1)["loss"]}
+    try:
+        log_values({"loss": torch.tensor(float("nan") if rank == 1 else 1.0)}, info, 7)
+    except FloatingPointError as e:
+        result["error"] = str(e)
+    stop = StopSignal()
+    if rank == 0:
+        stop.received = 15  # as if SIGTERM reached rank 0 only
+    result["stop"] = stop.requested(info)
+    stop.close()
+    dist.destroy_process_group()
+    torch.save(result, out / f"rank{rank}.pt")
+
+
+def test_log_values_and_stop_signal_agree_on_every_rank(tmp_path):
+    """Two gloo processes: the mean over ranks; a NaN on rank 1 stops both with one message; a signal
+    seen by rank 0 stops both."""
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_ranks_log, args=(port, tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["mean"] == r1["mean"] == 1.5
+    assert r0["error"] == r1["error"] and "loss is nan at step 7" in r0["error"]
+    assert r0["stop"] is True and r1["stop"] is True

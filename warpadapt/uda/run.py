@@ -13,7 +13,12 @@ state that makes a stopped run resume where it stopped.
 """
 from __future__ import annotations
 
+import json
+import platform
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import check_choice, check_range
 from .dist import DistInfo, all_gather_objects, barrier, setup_distributed
 
-__all__ = ["RunState", "check_common", "start_run", "static_prior"]
+__all__ = ["RunState", "StopSignal", "check_common", "log_values", "run_info", "start_run", "static_prior"]
 
 
 def start_run(cfg: DictConfig) -> tuple[DistInfo, Path, bool]:
@@ -53,6 +58,7 @@ def start_run(cfg: DictConfig) -> tuple[DistInfo, Path, bool]:
         try:
             decision = (True, check_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite))
             save_config(cfg, out)
+            (out / "run_info.json").write_text(json.dumps(run_info(info), indent=2) + "\n")
         except (ValueError, FileExistsError, OSError) as e:
             decision = (False, e)
     ok, value = all_gather_objects(decision)[0]
@@ -88,6 +94,109 @@ def check_common(cfg: DictConfig) -> None:
     size = cfg.data.image_size
     if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 32 for v in size):
         raise ValueError(f"config: data.image_size: expected [H, W] with ints >= 32, got {list(size)}")
+
+
+def run_info(info: DistInfo | None = None) -> dict:
+    """What a run folder records about where it ran (``run_info.json``): the command line, the git commit
+    of the code (``None`` outside a checkout), package versions, the device names and the world size.
+
+    >>> sorted(run_info())[:4], run_info()["versions"]["torch"] == torch.__version__
+    (['argv', 'cuda', 'devices', 'git'], True)
+    """
+    import importlib.metadata as md
+
+    info = info or DistInfo()
+    root = Path(__file__).resolve().parents[2]
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        commit = {"commit": git.stdout.strip(), "dirty": bool(dirty.stdout.strip())} if git.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    versions = {}
+    for pkg in ("warpadapt", "torch", "torchvision", "timm", "kornia", "albumentations", "numpy", "omegaconf"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    versions["torch"] = torch.__version__
+    cuda = torch.cuda.is_available()
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else ["cpu"]
+    return {"argv": sys.argv, "git": commit, "host": platform.node(), "python": platform.python_version(),
+            "versions": versions, "devices": devices, "cuda": torch.version.cuda if cuda else None,
+            "world_size": info.world_size}
+
+
+def log_values(values: dict, info: DistInfo, step: int) -> dict[str, float]:
+    """The scalars a recipe logs, as floats averaged over the ranks, with ONE host sync per call.
+
+    The recipe keeps its losses as tensors during the step and calls this at ``train.log_every`` steps
+    only: the values are stacked, all-reduced (one collective) and read back once. A non-finite value
+    on ANY rank raises ``FloatingPointError`` on every rank with the same message, so no rank waits
+    for the others in a collective that never comes.
+
+    >>> log_values({"loss": torch.tensor(0.5), "q": 0.25}, DistInfo(), 10)
+    {'loss': 0.5, 'q': 0.25}
+    >>> log_values({"loss": torch.tensor(float("nan"))}, DistInfo(), 10)
+    Traceback (most recent call last):
+    ...
+    FloatingPointError: loss is nan at step 10 (on some rank): lower train.lr, or look at the data of that step
+    """
+    names = list(values)
+    if not names:
+        return {}
+    flat = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=info.device).detach().reshape(())
+                        for v in values.values()])
+    if info.enabled:
+        torch.distributed.all_reduce(flat)
+        flat = flat / info.world_size
+    out = dict(zip(names, flat.tolist()))  # the one host sync
+    bad = [k for k, v in out.items() if v != v or v in (float("inf"), float("-inf"))]
+    if bad:
+        raise FloatingPointError(f"{bad[0]} is {out[bad[0]]} at step {step} (on some rank): lower train.lr, "
+                                 "or look at the data of that step")
+    return out
+
+
+class StopSignal:
+    """SIGTERM / SIGUSR1 (what clusters send before they kill a job) -> "save a checkpoint and exit 0".
+
+    ``StopSignal()`` installs the handlers (main thread only; the previous handlers come back with
+    :meth:`close`). :meth:`requested` says whether any rank got a signal: one small all-reduce, so call it
+    at logging / checkpoint steps, and every rank then stops at the same step.
+
+    >>> stop = StopSignal(); stop.requested(DistInfo())
+    False
+    >>> import os; os.kill(os.getpid(), signal.SIGUSR1); stop.requested(DistInfo())
+    True
+    >>> stop.close()
+    """
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {}
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler (the run stops only when killed)
+                pass
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def requested(self, info: DistInfo) -> bool:
+        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=info.device)
+        if info.enabled:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 def static_prior(cfg: DictConfig, source_train, out_dir: str | Path, info: DistInfo):
