@@ -49,6 +49,8 @@ _LAZY = {
     **dict.fromkeys(("BDD100KDetection", "CocoDetection"), "detection_readers"),
     **dict.fromkeys(("CityscapesSegmentation", "label_ids_to_train_ids"), "segmentation_readers"),
     **dict.fromkeys(("Prepared", "collate_segmentation"), "prepared"),
+    **dict.fromkeys(("TrainView", "DrawKeys", "rescale_size", "crop_boxes", "hflip_boxes", "random_crop_box"),
+                    "pipeline"),
 }
 
 __all__ = sorted(_LAZY)
