@@ -1,0 +1,164 @@
+"""Does the base method beat source-only training? UDA minus source-only, per seed, on target VAL.
+
+    python benchmarks/uda_vs_source.py --tag after                 # run what is missing, print the table
+    python benchmarks/uda_vs_source.py --tag before --jobs 2 --recipes twopcnet
+    python benchmarks/uda_vs_source.py --tag after --report-only
+
+Every run is the recipe's default config (``recipes/configs/twopcnet/synthetic_day2night.yaml``,
+``recipes/configs/mic/synthetic_clear2fog.yaml``) with ``warp.guidance=none`` (the base method, no warp),
+``train.seed=S``, ``threads=1`` and the target VAL split (nothing here looks at test). The ``--tag`` names
+the code version (``before`` / ``after`` a change): the raw records go to ``results/uda_vs_source/<tag>/``
+(one JSON per run: the final metrics of the student AND the teacher, the exact commands, the git
+commit); finished runs are skipped, so the table fills over several sittings.
+
+Detection shares its burn-in: the first ``train.burn_in`` iterations of source-only and UDA are the same
+computation (the teacher does not exist yet), so each seed trains them once and both rows resume from a
+copy of that folder (resume is exact: tests/test_twopcnet.py). Each finished run is then evaluated once
+more with the other model (``resume=true eval.model=student|teacher`` re-evaluates without training).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = {"twopcnet": "synthetic_day2night", "mic": "synthetic_clear2fog"}
+METRIC = {"twopcnet": "target_map50", "mic": "target_miou"}
+ARMS = {"source_only": ["uda.enabled=false"], "uda": []}
+
+
+def _git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def _recipe(recipe: str, run_dir: Path, args: list[str], log: Path) -> dict:
+    cmd = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--config", CONFIG[recipe], "warp.guidance=none",
+           "threads=1", "eval.target_split=val", f"out_dir={run_dir}", *args]
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd[1:]) + "\n")
+        f.flush()
+        subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=True)
+    return json.loads((run_dir / "final.json").read_text()) | {"command": " ".join(["python", *cmd[1:]])}
+
+
+_LOCKS: dict = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _burn_in(recipe: str, seed: int, runs: Path, extra: list[str]) -> Path | None:
+    """Detection: the shared burn-in folder of this seed, trained once (its final evaluation at
+    ``train.burn_in`` is the one a straight run logs there: the student, the same images)."""
+    if recipe != "twopcnet":
+        return None
+    folder = runs / f"{recipe}__burn_in__s{seed}"
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(folder, threading.Lock())
+    with lock:  # the two arms of a seed wait for one burn-in
+        if not (folder / "final.json").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            iters = _config_value(recipe, "train.burn_in", extra)
+            _recipe(recipe, folder, [f"train.seed={seed}", "resume=true", *extra, f"train.iters={iters}"],
+                    folder / "log.txt")
+    return folder
+
+
+def _config_value(recipe: str, key: str, extra: list[str]):
+    sys.path.insert(0, str(ROOT))
+    from warpadapt.uda.config import load_config
+
+    cfg = load_config(ROOT / "recipes" / f"{recipe}.py", ["--config", CONFIG[recipe], *extra], default=CONFIG[recipe])
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str]) -> dict:
+    raw = out / "raw" / f"{recipe}__{arm}__s{seed}.json"
+    if raw.exists():
+        return json.loads(raw.read_text())
+    runs = out / "runs"
+    run_dir = runs / f"{recipe}__{arm}__s{seed}"
+    log = runs / f"{recipe}__{arm}__s{seed}.log"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    burn = _burn_in(recipe, seed, runs, extra)
+    if burn is not None and not (run_dir / "last.pt").exists():  # resume from a copy of the shared burn-in
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        shutil.copytree(burn, run_dir, ignore=shutil.ignore_patterns("final.json", "log.txt"))
+    base = [f"train.seed={seed}", "resume=true", *ARMS[arm], *extra]
+    finals = {}
+    first = "teacher" if (recipe == "twopcnet" and arm == "uda") else "student"
+    finals[first] = _recipe(recipe, run_dir, base, log)
+    if arm == "uda":  # the other model of the same finished run, re-evaluated without training
+        other = "student" if first == "teacher" else "teacher"
+        finals[other] = _recipe(recipe, run_dir, [*base, f"eval.model={other}"], log)
+    record = {"recipe": recipe, "arm": arm, "seed": seed, "tag": out.name, "commit": _git_commit(),
+              "overrides": extra, "final": finals}
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def report(out: Path, recipes, seeds) -> str:
+    lines = [f"UDA minus source-only on target val ({out.name}); student / teacher (source-only: its student)", ""]
+    for recipe in recipes:
+        recs = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text()) for p in (out / "raw").glob(f"{recipe}__*.json"))}
+        key = METRIC[recipe]
+        lines += [f"### {recipe} ({CONFIG[recipe]}, {key})", "",
+                  "| seed | source only | UDA student | UDA teacher | student - source | teacher - source |",
+                  "|---|---|---|---|---|---|"]
+        deltas = {"student": [], "teacher": []}
+        for s in seeds:
+            so, uda = recs.get(("source_only", s)), recs.get(("uda", s))
+            if so is None or uda is None:
+                have = "-" if so is None else f"{100 * so['final']['student'][key]:.1f}"
+                lines.append(f"| {s} | {have} | (missing) | | | |")
+                continue
+            base = 100 * so["final"]["student"][key]
+            st, te = (100 * uda["final"][m][key] for m in ("student", "teacher"))
+            deltas["student"].append(st - base)
+            deltas["teacher"].append(te - base)
+            lines.append(f"| {s} | {base:.1f} | {st:.1f} | {te:.1f} | {st - base:+.1f} | {te - base:+.1f} |")
+        for m, d in deltas.items():
+            if d:
+                sd = statistics.stdev(d) if len(d) > 1 else float("nan")
+                lines.append(f"\n{m} - source only: {statistics.mean(d):+.1f} ± {sd:.1f} over {len(d)} seeds "
+                             f"(min {min(d):+.1f})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tag", required=True, help="the code version: before / after / ... (a folder name)")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "uda_vs_source")
+    ap.add_argument("--recipes", nargs="+", default=list(CONFIG), choices=list(CONFIG))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (each one CPU thread)")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="key=value for every run (e.g. a variant being measured)")
+    a = ap.parse_args(argv)
+    out = a.out / a.tag
+    if not a.report_only:
+        jobs = [(r, arm, s) for r in a.recipes for s in a.seeds for arm in ARMS]
+        with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            for rec in pool.map(lambda j: run_one(*j, out, a.overrides), jobs):
+                print(f"[uda_vs_source] done {rec['recipe']} {rec['arm']} seed {rec['seed']}", flush=True)
+    text = report(out, a.recipes, a.seeds)
+    (out / "REPORT.md").parent.mkdir(parents=True, exist_ok=True)
+    (out / "REPORT.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
