@@ -3,7 +3,7 @@
     python benchmarks/uda_diagnose.py                       # every finished run in results/runs
     python benchmarks/uda_diagnose.py --runs detection__uda__s0 detection__source_only__s0
     python benchmarks/uda_diagnose.py --warps               # + what each guidance does to the source objects
-    python benchmarks/uda_diagnose.py --bn                  # + segmentation with BatchNorm statistics re-estimated
+    python benchmarks/uda_diagnose.py --bn                  # + each student with BatchNorm statistics re-estimated
 
 For each finished run of ``benchmarks/uda_table.py`` (``results/runs/<run>/last.pt`` and its
 ``config.yaml``), loads the final student and, when the run adapted, the final EMA teacher, and
@@ -20,8 +20,10 @@ measures on the synthetic target:
   whole stuff classes), and road recall in four bands of image rows from the horizon (far, where the
   instance and static warps magnify) to the bottom (near).
 
-With ``--bn``, each segmentation run's final student is also evaluated with its BatchNorm running
-statistics re-estimated from plain source / target train images (``results/diagnose/bn/``).
+With ``--bn``, each run's final student (segmentation and detection) is also evaluated with its
+BatchNorm running statistics re-estimated from plain source / target train images
+(``results/diagnose/bn/`` for segmentation, ``results/diagnose/bn_detection/`` for detection, the same
+record layout with mAP50 for mIoU; a detector's backbone runs on the images as its transform prepares them).
 
 One JSON per run under ``results/diagnose/`` (runs already there are skipped); ``uda_table.py`` puts
 them in docs/RESULTS.md. Evaluation only: nothing trains.
@@ -178,6 +180,37 @@ def bn_recalibration(run_dir: Path, images: int = 64, threads: int = 1) -> dict:
     return out
 
 
+def bn_recalibration_detection(run_dir: Path, images: int = 64, threads: int = 1) -> dict:
+    """twopcnet runs: the final student's source val / target test mAP50 as trained, then with its
+    BatchNorm running statistics re-estimated (``warpadapt.uda.bn.recompute_bn_stats``) from ``images``
+    plain source train images, and from ``images`` target train images (no NightAug, no flip, no warp):
+    ``Detector.backbone`` on the images as ``Detector.transform`` resizes, normalises and pads them. The
+    student is rebuilt with plain BatchNorm whatever its ``model.norm`` (frozen statistics load into it)."""
+    from warpadapt.uda.bn import recompute_bn_stats
+    from warpadapt.uda.build import detection_datasets, detector_from_config
+    from warpadapt.uda.evaluate import evaluate_detection
+
+    cfg, ckpt = _finished_run(run_dir, "twopcnet", threads)
+    src_train, tgt_train, src_val, tgt_test, classes = detection_datasets(cfg)
+    bs = cfg.eval.batch_size
+    net = detector_from_config(cfg, len(classes) + 1)
+    out = {"run": run_dir.name, "images": images, "norm": cfg.model.get("norm", "bn")}
+    for name, ds in (("as_trained", None), ("source", src_train), ("target", tgt_train)):
+        net.load_state_dict(ckpt["student"])
+        if ds is not None:
+            n = min(images, len(ds))
+            recompute_bn_stats(net, ([ds[j]["image"] for j in range(i, min(n, i + bs))] for i in range(0, n, bs)),
+                               forward=lambda m, batch: m.backbone(m.transform(batch)[0].tensors))
+        net.eval()
+        src, tgt = (evaluate_detection(net, d, classes, batch_size=bs, max_images=cfg.eval.max_images)
+                    for d in (src_val, tgt_test))
+        out[name] = {"source_map50": src["mAP50"], "target_map50": tgt["mAP50"], "target_ap_small": tgt["AP_small"]}
+    print(f"{run_dir.name}: target mAP50 as trained {100 * out['as_trained']['target_map50']:.1f}, BatchNorm statistics "
+          f"from source train {100 * out['source']['target_map50']:.1f}, from target train "
+          f"{100 * out['target']['target_map50']:.1f}", flush=True)
+    return out
+
+
 def warp_stats(pair: str = "synthetic_day2night", images: int = 200, size=(128, 256),
                guidances=("instance", "static", "geometric")) -> dict:
     """What each guidance does to the ground-truth objects of ``images`` source training scenes (the
@@ -232,8 +265,8 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=200, help="target train images for the pseudo-label check")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warps", action="store_true", help="also what each guidance does to the source objects")
-    ap.add_argument("--bn", action="store_true", help="segmentation runs: also the student with BatchNorm statistics "
-                    "re-estimated from source / target train images (results/diagnose/bn/)")
+    ap.add_argument("--bn", action="store_true", help="also each student with BatchNorm statistics re-estimated "
+                    "from source / target train images (results/diagnose/bn/, bn_detection/)")
     a = ap.parse_args(argv)
     if a.images < 1:
         ap.error(f"--images must be >= 1, got {a.images}")
@@ -259,12 +292,14 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(rec, indent=2) + "\n")
         os.replace(tmp, dest)
     for name in names if a.bn else ():
-        dest, run_dir = a.results / "diagnose" / "bn" / f"{name}.json", a.results / "runs" / name
-        if dest.exists() or not (run_dir / "last.pt").is_file() or name.startswith("detection__"):
+        run_dir = a.results / "runs" / name
+        if not (run_dir / "last.pt").is_file():
             continue
-        if json.loads((run_dir / "final.json").read_text()).get("target_miou") is None:
+        seg = json.loads((run_dir / "final.json").read_text()).get("target_miou") is not None
+        dest = a.results / "diagnose" / ("bn" if seg else "bn_detection") / f"{name}.json"
+        if dest.exists():
             continue
-        rec = bn_recalibration(run_dir, threads=a.threads)
+        rec = (bn_recalibration if seg else bn_recalibration_detection)(run_dir, threads=a.threads)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=2) + "\n")

@@ -75,7 +75,10 @@ def _check_outputs(out: Path, iters: int):
     ["warp.guidance=instance", "warp.stage=burn_in"],
     ["warp.guidance=static"],
     ["warp.guidance=geometric", "uda.nightaug=false"],
-], ids=["source_only", "uda_no_warp", "instance_always", "instance_burn_in", "static", "geometric"])
+    ["uda.consistency_boxes=proposals", "uda.kl_reduction=sum"],  # the pre-2PCNet-code behaviours
+    ["uda.student_scale={s0: [0.8, 0.9], steps: [3, 4], floor: 0.75}", "model.norm=frozen", "uda.hflip=false"],
+], ids=["source_only", "uda_no_warp", "instance_always", "instance_burn_in", "static", "geometric",
+        "proposals_sum", "student_scale_frozen"])
 def test_modes_run_and_write_outputs(tmp_path, overrides):
     out, final = run(tmp_path, *overrides)
     final_file, records = _check_outputs(out, 3)
@@ -144,7 +147,7 @@ def test_only_source_images_reach_the_backbone_warped(tmp_path, monkeypatch):
     assert all(x.shape[0] == 2 for x in unwarped)  # target batches (2) and eval batches (2 images)
 
     seen.clear(), warps.clear()
-    run(tmp_path, "warp.stage=burn_in", name="burn_in")  # the authors' variant: burn-in only
+    run(tmp_path, name="burn_in")  # the default warp.stage=burn_in (the authors' code): burn-in only
     assert len(warps) == 1
 
 
@@ -164,6 +167,10 @@ def test_any_backbone_runs_with_the_default_config(tmp_path, backbone):
     ("uda.threshold=1.5", "uda.threshold"),
     ("data.pair=mars", "data.pair"),
     ("eval.model=best", "eval.model"),
+    ("model.norm=group", "model.norm"),
+    ("uda.kl_reduction=max", "uda.kl_reduction"),
+    ("uda.consistency_boxes=all", "uda.consistency_boxes"),
+    ("uda.student_scale={s0: 2.0}", "uda.student_scale"),
 ])
 def test_bad_config_names_the_key(tmp_path, override, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):

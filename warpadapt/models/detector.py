@@ -30,14 +30,17 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, batched_nms
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..modules import FeatureUnwarp
 from ..wrap import WarpedBackbone, wrap
 from .backbone import create_backbone
 
-__all__ = ["Detector", "DetectorOutput", "TimmFPN", "SimplePyramid"]
+__all__ = ["Detector", "DetectorOutput", "TimmFPN", "SimplePyramid", "convert_norm", "NORMS"]
+
+#: ``model.norm`` choices of :func:`convert_norm`.
+NORMS = ("bn", "frozen", "sync")
 
 
 class SimplePyramid(nn.Module):
@@ -118,7 +121,8 @@ class DetectorOutput(NamedTuple):
     ``loss_classifier``, ``loss_box_reg``; proposals: list of B (P_i, 4) sampled proposals (the RPN's
     proposals with the targets' boxes appended, then sampled by the RoI heads) in ``images``
     coordinates; labels: list of B (P_i,) matched labels (0 = background); class_logits:
-    (sum P_i, K + 1); images: the transformed :class:`ImageList` (what the backbone saw, unwarped).
+    (sum P_i, K + 1); images: the transformed :class:`ImageList` (what the backbone saw, unwarped);
+    box_regression: (sum P_i, 4 (K + 1)) class-specific box deltas of the proposals.
     """
 
     losses: dict
@@ -126,6 +130,7 @@ class DetectorOutput(NamedTuple):
     labels: list
     class_logits: Tensor
     images: ImageList
+    box_regression: Tensor
 
 
 class Detector(FasterRCNN):
@@ -151,11 +156,15 @@ class Detector(FasterRCNN):
 
     Forward:
         eval mode: ``model(images)`` -> list of ``{"boxes", "scores", "labels"}`` in input pixels
-        (never warped). Training mode: ``model(images, targets, warp=..., roi_loss=...)`` ->
-        :class:`DetectorOutput`; ``warp=True`` warps with the transformed targets' boxes (the only
-        warped forward); ``roi_loss=False`` skips the RoI losses (targets = pseudo-labels: they train
-        the RPN and join the proposals; use only ``loss_objectness``, i.e. box regression weight 0).
-        :meth:`rescore` runs this model's RoI box head on given proposals over its own features.
+        (never warped). Training mode: ``model(images, targets, warp=..., roi_loss=..., scale=...,
+        min_box_area=...)`` -> :class:`DetectorOutput`; ``warp=True`` warps with the transformed targets'
+        boxes (the only warped forward); ``roi_loss=False`` skips the RoI losses (targets = pseudo-labels:
+        they train the RPN and join the proposals; use only ``loss_objectness``, i.e. box regression
+        weight 0); ``scale`` resizes the images (and their targets) to ``scale`` x the size the transform
+        would give them (2PCNet's student-scale curriculum); ``min_box_area`` drops the targets whose box
+        area, in the pixels the backbone sees, is not above it (2PCNet: 16 px^2 for scaled pseudo-labels).
+        :meth:`rescore` runs this model's RoI box head on given proposals over its own features;
+        :meth:`detections_among` returns the detections a training forward's proposals give.
 
     Example:
         >>> det = Detector("resnet18", num_classes=3, out_indices=(2, 3), warp={"fwhm": 8.0}, fpn_channels=32, min_size=64,
@@ -168,6 +177,8 @@ class Detector(FasterRCNN):
         >>> logits = det.rescore(out.images, out.proposals)
         >>> logits.shape == out.class_logits.shape
         True
+        >>> det(imgs, tgts, scale=0.5).images.image_sizes   # 2PCNet's scaled student
+        [(32, 64), (32, 64)]
         >>> sorted(det.eval()(imgs)[0])
         ['boxes', 'labels', 'scores']
     """
@@ -207,14 +218,25 @@ class Detector(FasterRCNN):
         boxes = [t["boxes"] for t in targets] if (warp and targets is not None) else None
         return self.backbone(images.tensors, boxes)
 
-    def forward(self, images, targets=None, *, warp: bool = False, roi_loss: bool = True):
+    def forward(self, images, targets=None, *, warp: bool = False, roi_loss: bool = True, scale: float = 1.0,
+                min_box_area: float = 0.0):
         if not self.training:
-            if warp:
-                raise ValueError("warp: evaluation never warps (warp=True needs training mode)")
+            if warp or scale != 1.0:
+                raise ValueError("warp, scale: evaluation never warps nor rescales (they need training mode)")
             return self.detect(images)
         if targets is None:
             raise ValueError("targets: training mode needs a list of {'boxes', 'labels'} (one per image)")
-        images, targets = self.transform(list(images), [dict(t) for t in targets])
+        if not 0.0 < scale <= 8.0:
+            raise ValueError(f"scale: expected a number in (0, 8], got {scale!r}")
+        t = self.transform
+        saved = t.min_size, t.max_size
+        t.min_size, t.max_size = tuple(m * scale for m in saved[0]), saved[1] * scale
+        try:  # the transform resizes to scale x its usual size, boxes with the images
+            images, targets = t(list(images), [dict(tg) for tg in targets])
+        finally:
+            t.min_size, t.max_size = saved
+        if min_box_area > 0:
+            targets = [_drop_small_boxes(tg, min_box_area) for tg in targets]
         feats = self.features(images, targets, warp=warp)
         proposals, losses = self.rpn(images, feats, targets)
         # The RoI heads append the targets' boxes to the proposals, then sample positives/negatives.
@@ -224,7 +246,72 @@ class Detector(FasterRCNN):
         if roi_loss:
             loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, reg_targets)
             losses = dict(losses, loss_classifier=loss_cls, loss_box_reg=loss_box)
-        return DetectorOutput(losses, proposals, labels, class_logits, images)
+        return DetectorOutput(losses, proposals, labels, class_logits, images, box_regression)
+
+    @torch.no_grad()
+    def detections_among(self, proposals: list[Tensor], class_logits: Tensor, box_regression: Tensor,
+                         image_sizes: list, score_thresh: float | None = None, nms_thresh: float | None = None,
+                         detections_per_img: int | None = None) -> list[dict]:
+        """The class-specific detections that a training forward's proposals give, with the proposal each
+        came from (detectron2's ``fast_rcnn_inference``, which 2PCNet's student runs on its sampled
+        proposals; torchvision's ``postprocess_detections`` drops the indices).
+
+        Per image: softmax class probabilities; each foreground class's box decoded from that class's
+        deltas and clipped to the image; every (proposal, class) pair whose probability is above
+        ``score_thresh`` is a candidate; NMS at ``nms_thresh`` per image and class; the
+        ``detections_per_img`` best kept. One proposal can give detections of several classes. Nothing
+        here carries gradients. Data-dependent sizes (thresholding, NMS) need a few host syncs; NMS runs
+        once for the whole batch.
+
+        Args:
+            proposals: B (P_i, 4) boxes in transformed-image pixels (``DetectorOutput.proposals``).
+            class_logits: (sum P_i, K + 1), background first; box_regression: (sum P_i, 4 (K + 1)).
+            image_sizes: B (h, w) the boxes are clipped to (``DetectorOutput.images.image_sizes``).
+            score_thresh, nms_thresh, detections_per_img: None takes this model's RoI heads' values.
+
+        Returns:
+            one dict per image: ``boxes`` (D_i, 4), ``scores`` (D_i,), ``labels`` (D_i,) in 1..K, ``index``
+            (D_i,) the row of the image's proposals each came from, ``row`` (D_i,) that row in
+            ``class_logits`` (the proposals of all images concatenated); best score first.
+
+        Example:
+            >>> det = Detector("resnet18", num_classes=3, out_indices=(2, 3), fpn_channels=16, representation_size=16)
+            >>> props = [torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])]
+            >>> logits = torch.tensor([[0., 4., 0.], [0., 3., 0.], [3., -9., 3.]])  # background, class 1, class 2
+            >>> d = det.detections_among(props, logits, torch.zeros(3, 12), [(32, 32)])[0]
+            >>> d["index"].tolist(), d["labels"].tolist()   # proposal 1 loses the NMS to proposal 0
+            ([0, 2], [1, 2])
+        """
+        rh = self.roi_heads
+        score_thresh = rh.score_thresh if score_thresh is None else score_thresh
+        nms_thresh = rh.nms_thresh if nms_thresh is None else nms_thresh
+        top = rh.detections_per_img if detections_per_img is None else detections_per_img
+        counts = [len(p) for p in proposals]
+        n, b, dev = sum(counts), len(proposals), class_logits.device
+        k = class_logits.shape[1] - 1
+        image = torch.repeat_interleave(torch.arange(b, device=dev), torch.tensor(counts, device=dev), output_size=n)
+        boxes = rh.box_coder.decode(box_regression, list(proposals)).reshape(n, k + 1, 4)[:, 1:]
+        hw = torch.tensor([list(s) for s in image_sizes], device=dev, dtype=boxes.dtype).reshape(b, 2)[image]
+        wh = hw.flip(1).repeat(1, 2)[:, None, :]  # (n, 1, 4): w, h, w, h
+        boxes = torch.minimum(boxes.clamp_min(0), wh)
+        scores = class_logits.softmax(1)[:, 1:]
+        row, cls = torch.nonzero(scores > score_thresh, as_tuple=True)
+        cand_scores = scores[row, cls]
+        keep = batched_nms(boxes[row, cls], cand_scores, image[row] * k + cls, nms_thresh)  # by score, descending
+        img = image[row[keep]]
+        img, order = torch.sort(img, stable=True)  # image by image, each still by score
+        keep = keep[order]
+        per_image = torch.bincount(img, minlength=b)
+        rank = torch.arange(len(keep), device=dev) - (per_image.cumsum(0) - per_image)[img]
+        keep = keep[rank < top]
+        sizes = torch.bincount(image[row[keep]], minlength=b).tolist()
+        starts = torch.tensor([0] + counts[:-1], device=dev).cumsum(0)
+        out = []
+        for i, sel in enumerate(keep.split(sizes)):
+            r = row[sel]
+            out.append({"boxes": boxes[r, cls[sel]], "scores": cand_scores[sel], "labels": cls[sel] + 1,
+                        "index": r - starts[i], "row": r})
+        return out
 
     @torch.no_grad()
     def detect(self, images, return_features: bool = False):
@@ -247,3 +334,52 @@ class Detector(FasterRCNN):
         feats = self.backbone(images.tensors) if features is None else features
         box_feats = self.roi_heads.box_head(self.roi_heads.box_roi_pool(feats, proposals, images.image_sizes))
         return self.roi_heads.box_predictor(box_feats)[0]
+
+
+def _drop_small_boxes(target: dict, min_area: float) -> dict:
+    """``target`` without the boxes of area <= ``min_area`` (every per-box entry filtered alike)."""
+    boxes = target["boxes"]
+    keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > min_area
+    return {k: v[keep] if isinstance(v, Tensor) and v.shape[:1] == keep.shape else v for k, v in target.items()}
+
+
+def convert_norm(model: nn.Module, norm: str = "bn", distributed: bool | None = None) -> nn.Module:
+    """Set the BatchNorm layers of a detector (or any module): ``model.norm`` of the twopcnet recipe.
+
+    Args:
+        model: a :class:`Detector` (``frozen`` converts its backbone, where its BatchNorm layers are) or
+            any module (converted whole).
+        norm: ``bn`` leaves the model as it is (batch statistics; needed from random init);
+            ``frozen``: every ``BatchNorm2d`` (and timm's ``BatchNormAct2d``) becomes a
+            ``FrozenBatchNorm2d`` (torchvision's; timm's ``FrozenBatchNormAct2d``) with the same
+            statistics and affine values, as detectron2 runs 2PCNet's ImageNet ResNet-50 (constant
+            statistics and affine, no parameters left to train; meant for pretrained weights);
+            ``sync``: ``SyncBatchNorm`` (timm's ``convert_sync_batchnorm``, which calls PyTorch's layer
+            and keeps timm's fused activations) when ``distributed``, else ``bn``.
+        distributed: None: whether a ``torch.distributed`` process group exists.
+
+    Returns:
+        the converted model (the same object, its layers replaced in place; convert before building the
+        optimiser, the EMA teacher and the DDP wrapper).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        >>> type(convert_norm(net, "frozen")[1]).__name__
+        'FrozenBatchNorm2d'
+        >>> type(convert_norm(nn.Sequential(nn.BatchNorm2d(4)), "sync", distributed=True)[0]).__name__
+        'SyncBatchNorm'
+    """
+    from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
+
+    if norm not in NORMS:
+        raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+    if distributed is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if norm == "frozen":
+        part = model.backbone if isinstance(model, Detector) else model
+        frozen = freeze_batch_norm_2d(part)
+        if frozen is not part:
+            raise TypeError("model: a bare BatchNorm layer cannot be converted in place; wrap it in a module")
+    elif norm == "sync" and distributed:
+        model = convert_sync_batchnorm(model)
+    return model

@@ -1,23 +1,28 @@
 """NightAug (2PCNet): turn labelled day images into plausible night images, batched.
 
-Per image, in this order (2PCNet's defaults; images are float in [0, 1]):
+Per image, in this order (2PCNet's ``twophase/data/transforms/night_aug.py``, images float in [0, 1]
+where 2PCNet's are uint8 in [0, 255]; every "p 0.5" is its ``rand > 0.5``):
 
-1. Gaussian blur, p 0.5, sigma ~ U(0.1, 2) (``kornia.filters.gaussian_blur2d``);
+1. Gaussian blur, p 0.5, 11 x 11 kernel, sigma ~ U(0.1, 2) (``kornia.filters.gaussian_blur2d``);
+   the result is the "pre-darkening" image;
 2. gamma, p 0.5, gamma = 1 / U(0.2, 1) (>= 1: darker; ``kornia.enhance.adjust_gamma``);
 3. brightness, p 0.5 and always when gamma was skipped, ``x * U(0.2, 1)``;
 4. contrast, p 0.5, factor U(0.2, 1) (blend with the grey mean,
    ``kornia.enhance.adjust_contrast_with_mean_subtraction``);
-   after each of 2-4 ("uneven darkening"): the pre-op pixels are pasted back inside random
-   rectangles, one more rectangle while ``rand > 0.4`` (at most ``max_rects``);
-5. glare: blend toward white, ``x + (1 - x) * g`` with a Gaussian blob ``g`` (peak ~ U(0.2, 0.8),
-   sigma ~ U(1, 150) px for a 600-px-high image, i.e. scaled by H / 600, uniform random centre);
-   blob ``j`` (0, 1, ...) is added while ``rand > 0.5 + 0.1 j``;
-6. positive Gaussian noise, p 0.5: ``x + max(0, N(0, s^2))`` with s ~ U(0.01, 0.1) per image.
+   after each of 2-4 ("uneven darkening") the pre-op pixels are pasted back inside random
+   rectangles, one more rectangle while ``rand > 0.4``;
+5. a final paste-back of the pre-darkening image (1.) inside new random rectangles, the same way;
+6. glare: blend toward white, ``x + (1 - x) * g`` with a Gaussian blob ``g`` of peak 1 at a random
+   pixel, sigma a random integer in [1, 149] px for a 600-px-high image (2PCNet's size), scaled by
+   H / 600 here; blob ``j`` (0, 1, ...) is added while ``rand > 0.5 + 0.1 j`` (so at most 5);
+7. positive Gaussian noise, p 0.5: ``x + max(0, N(0, s^2))`` per pixel and channel, s a random
+   integer in [0, 49] divided by 255.
 
-All randomness comes from the ``generator`` passed in (the same generator state gives the same
-output); every draw is made for the whole batch whether or not an op fires, so the number of
-draws per call is fixed. Steps 5 and 6 (glare, noise) are this library's reading of the paper's
-description; the probabilities and ranges are 2PCNet's.
+A rectangle is 2PCNet's ``img[:, y1:y2, x1:x2]`` with its four corners drawn independently
+(``randint(H)``, ``randint(W)``): it is empty unless ``y1 < y2`` and ``x1 < x2``. All randomness comes
+from the ``generator`` passed in (the same generator state gives the same output); every draw is made
+for the whole batch whether or not an op fires, so the number of draws per call is fixed.
+:func:`random_hflip` is the horizontal flip 2PCNet's data mapper applies to every training image.
 """
 from __future__ import annotations
 
@@ -26,35 +31,83 @@ from kornia.enhance import adjust_contrast_with_mean_subtraction, adjust_gamma
 from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
-__all__ = ["night_aug", "NightAug"]
+__all__ = ["night_aug", "NightAug", "random_hflip"]
 
 
 def _u(g: torch.Generator, n: int, lo: float, hi: float, device) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
 
 
-def _rect_masks(g: torch.Generator, b: int, h: int, w: int, max_rects: int, keep_p: float, device) -> Tensor:
-    """(B, 1, H, W) bool: union of random rectangles, rectangle j active while rand > keep_p."""
+def _coin(g: torch.Generator, b: int, p: float, device) -> Tensor:
+    return (torch.rand(b, generator=g, device=device) < p).view(b, 1, 1, 1)
+
+
+def _rect_masks(g: torch.Generator, b: int, h: int, w: int, max_rects: int, device, keep_p: float = 0.4) -> Tensor:
+    """(B, 1, H, W) bool: union of 2PCNet's random rectangles, rectangle j drawn while rand > keep_p."""
     go = torch.rand(b, max_rects, generator=g, device=device) > keep_p
     active = torch.cumprod(go.to(torch.int64), dim=1).bool()  # stop at the first failure
-    xs = torch.rand(b, max_rects, 2, generator=g, device=device).sort(-1).values * w
-    ys = torch.rand(b, max_rects, 2, generator=g, device=device).sort(-1).values * h
-    px = torch.arange(w, device=device) + 0.5
-    py = torch.arange(h, device=device) + 0.5
+    ys = torch.randint(h, (b, max_rects, 2), generator=g, device=device)  # rows y1, y2 (y1 >= y2: empty)
+    xs = torch.randint(w, (b, max_rects, 2), generator=g, device=device)
+    py, px = torch.arange(h, device=device), torch.arange(w, device=device)
+    iny = (py >= ys[..., :1]) & (py < ys[..., 1:]) & active[..., None]  # (B, R, H)
     inx = (px >= xs[..., :1]) & (px < xs[..., 1:])  # (B, R, W)
-    iny = (py >= ys[..., :1]) & (py < ys[..., 1:])  # (B, R, H)
-    inside = iny[..., :, None] & inx[..., None, :] & active[..., None, None]  # (B, R, H, W)
-    return inside.any(dim=1, keepdim=True)
+    return (torch.bmm(iny.transpose(1, 2).float(), inx.float()) > 0)[:, None]
 
 
-def night_aug(images: Tensor, generator: torch.Generator, max_rects: int = 8, max_blobs: int = 5) -> Tensor:
+def _darken(x: Tensor, g: torch.Generator, max_rects: int) -> Tensor:
+    """Steps 2-5: gamma, brightness, contrast (each pasted back in rectangles), final paste-back."""
+    b, _, h, w = x.shape
+    dev, before = x.device, x
+    fire_gamma, gamma = _coin(g, b, 0.5, dev), 1.0 / _u(g, b, 0.2, 1.0, dev)
+    fire_bright, bright = _coin(g, b, 0.5, dev) | ~fire_gamma, _u(g, b, 0.2, 1.0, dev)
+    fire_contrast, contrast = _coin(g, b, 0.5, dev), _u(g, b, 0.2, 1.0, dev)
+    ops = (
+        (fire_gamma, lambda t: adjust_gamma(t, gamma)),
+        (fire_bright, lambda t: (t * bright.view(-1, 1, 1, 1)).clamp(0, 1)),
+        (fire_contrast, lambda t: adjust_contrast_with_mean_subtraction(t, contrast)),
+    )
+    for fire, op in ops:  # every op computed for the whole batch and kept where it fires: no host sync
+        keep = _rect_masks(g, b, h, w, max_rects, dev)
+        x = torch.where(fire & ~keep, op(x), x)
+    return torch.where(_rect_masks(g, b, h, w, max_rects, dev), before, x)
+
+
+def _glare(x: Tensor, g: torch.Generator, max_blobs: int) -> Tensor:
+    """Step 6: Gaussian blobs of peak 1 blended toward white, blob j kept while rand > 0.5 + 0.1 j."""
+    b, _, h, w = x.shape
+    dev = x.device
+    go = torch.rand(b, max_blobs, generator=g, device=dev) > (0.5 + 0.1 * torch.arange(max_blobs, device=dev))
+    active = torch.cumprod(go.to(torch.int64), dim=1).to(x.dtype)  # (B, J)
+    cy = torch.randint(h, (b, max_blobs), generator=g, device=dev).to(x.dtype)
+    cx = torch.randint(w, (b, max_blobs), generator=g, device=dev).to(x.dtype)
+    sig = torch.randint(1, 150, (b, max_blobs), generator=g, device=dev).to(x.dtype) * (h / 600.0)
+    py = torch.arange(h, device=dev, dtype=x.dtype)
+    px = torch.arange(w, device=dev, dtype=x.dtype)
+    gy = torch.exp(-0.5 * (py - cy[..., None]) ** 2 / sig[..., None] ** 2)  # (B, J, H)
+    gx = torch.exp(-0.5 * (px - cx[..., None]) ** 2 / sig[..., None] ** 2) * active[..., None]  # (B, J, W)
+    left = torch.ones_like(x[:, :1])
+    for j in range(max_blobs):  # x + (1 - x) * g, blob after blob
+        left = left * (1 - gy[:, j, None, :, None] * gx[:, j, None, None, :])
+    return 1 - (1 - x) * left
+
+
+def _noise(x: Tensor, g: torch.Generator) -> Tensor:
+    """Step 7: p 0.5, x + max(0, N(0, s^2)), s = randint(50) / 255 per image."""
+    b, dev = x.shape[0], x.device
+    fire = _coin(g, b, 0.5, dev)
+    s = (torch.randint(50, (b,), generator=g, device=dev).to(x.dtype) / 255.0).view(b, 1, 1, 1)
+    noise = (torch.randn(x.shape, generator=g, device=dev, dtype=x.dtype) * s).clamp_min(0)
+    return torch.where(fire, x + noise, x)
+
+
+def night_aug(images: Tensor, generator: torch.Generator, max_rects: int = 16, max_blobs: int = 5) -> Tensor:
     """NightAug a batch (see the module docstring for the exact steps).
 
     Args:
         images: (B, 3, H, W) float in [0, 1].
         generator: a ``torch.Generator`` on the images' device: the only source of randomness.
-        max_rects: cap on the pasted-back rectangles per darkening op (0.6 ** 8 < 2 % is cut).
-        max_blobs: cap on glare blobs (the stopping probability reaches 1 at the 6th blob anyway).
+        max_rects: cap on the pasted-back rectangles per paste (2PCNet has none; 0.6 ** 16 < 0.03 % is cut).
+        max_blobs: cap on glare blobs (2PCNet's stopping probability reaches 1 at the 6th blob: 5 is exact).
 
     Returns:
         (B, 3, H, W) float in [0, 1], darker on average (not in place).
@@ -74,63 +127,51 @@ def night_aug(images: Tensor, generator: torch.Generator, max_rects: int = 8, ma
         raise TypeError(f"images: expected floats in [0, 1], got {images.dtype}")
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
-    b, _, h, w = images.shape
+    b = images.shape[0]
     dev, g = images.device, generator
     x = images.float().clamp(0, 1)
-
-    def coin(p: float) -> Tensor:
-        return (torch.rand(b, generator=g, device=dev) < p).view(b, 1, 1, 1)
-
-    # 1. Gaussian blur (computed for the images that draw it only)
-    fire, sigma = coin(0.5), _u(g, b, 0.1, 2.0, dev)
-    x = _apply(x, fire, lambda t, i: gaussian_blur2d(t, (13, 13), sigma[i, None].expand(len(i), 2).contiguous()))
-
-    # 2-4. darkening ops, each followed by pasting the pre-op pixels back in random rectangles
-    fire_gamma, gamma = coin(0.5), 1.0 / _u(g, b, 0.2, 1.0, dev)
-    fire_bright, bright = coin(0.5) | ~fire_gamma, _u(g, b, 0.2, 1.0, dev)
-    fire_contrast, contrast = coin(0.5), _u(g, b, 0.2, 1.0, dev)
-    ops = (
-        (fire_gamma, lambda t, i: adjust_gamma(t, gamma[i])),
-        (fire_bright, lambda t, i: t * bright[i].view(-1, 1, 1, 1)),
-        (fire_contrast, lambda t, i: adjust_contrast_with_mean_subtraction(t, contrast[i])),
-    )
-    for fire, op in ops:
-        keep = _rect_masks(g, b, h, w, max_rects, 0.4, dev)
-        x = _apply(x, fire, lambda t, i, op=op, keep=keep: torch.where(keep[i], t, op(t, i)))
-
-    # 5. glare: Gaussian blobs blended toward white, blob j kept while rand > 0.5 + 0.1 j
-    go = torch.rand(b, max_blobs, generator=g, device=dev) > (0.5 + 0.1 * torch.arange(max_blobs, device=dev))
-    active = torch.cumprod(go.to(torch.int64), dim=1).to(x.dtype)  # (B, J)
-    cx = torch.rand(b, max_blobs, generator=g, device=dev) * w
-    cy = torch.rand(b, max_blobs, generator=g, device=dev) * h
-    sig = (1.0 + 149.0 * torch.rand(b, max_blobs, generator=g, device=dev)) * (h / 600.0)
-    peak = 0.2 + 0.6 * torch.rand(b, max_blobs, generator=g, device=dev)
-    px = torch.arange(w, device=dev, dtype=x.dtype) + 0.5
-    py = torch.arange(h, device=dev, dtype=x.dtype) + 0.5
-    gx = torch.exp(-((px - cx[..., None]) ** 2) / (2 * sig[..., None] ** 2)) * (active * peak)[..., None]  # (B, J, W)
-    gy = torch.exp(-((py - cy[..., None]) ** 2) / (2 * sig[..., None] ** 2))  # (B, J, H)
-
-    def glare(t: Tensor, i: Tensor) -> Tensor:
-        left = torch.prod(1 - gy[i, :, :, None] * gx[i, :, None, :], dim=1, keepdim=True)  # (n, 1, H, W)
-        return 1 - (1 - t) * left  # x + (1 - x) * g, blob after blob
-
-    x = _apply(x, (active[:, 0] > 0).view(b, 1, 1, 1), glare)
-
-    # 6. positive Gaussian noise
-    fire, s = coin(0.5), _u(g, b, 0.01, 0.1, dev).view(b, 1, 1, 1)
-    noise = (torch.randn(x.shape, generator=g, device=dev) * s).clamp_min(0)
-    x = torch.where(fire, x + noise, x)
+    fire, sigma = _coin(g, b, 0.5, dev), _u(g, b, 0.1, 2.0, dev)  # 1. blur
+    x = torch.where(fire, gaussian_blur2d(x, (11, 11), sigma[:, None].expand(b, 2).contiguous()).clamp(0, 1), x)
+    x = _darken(x, g, max_rects)
+    x = _glare(x, g, max_blobs)
+    x = _noise(x, g)
     return x.clamp(0, 1).to(images.dtype)
 
 
-def _apply(x: Tensor, fire: Tensor, op) -> Tensor:
-    """``x`` with ``op(x[i], i)`` written into the images ``i`` where ``fire`` (B, 1, 1, 1) is set."""
-    idx = fire.view(-1).nonzero().view(-1)
-    if idx.numel() == 0:
-        return x
-    x = x.clone()
-    x[idx] = op(x[idx], idx).clamp(0, 1)
-    return x
+def random_hflip(images, targets=None, generator: torch.Generator | None = None, p: float = 0.5):
+    """Flip each image left-right with probability ``p``, its target boxes with it.
+
+    2PCNet's data mapper (detectron2's ``RandomFlip``, p 0.5) flips every training image: a source image
+    before its NightAug copy is made (so both copies share the flip), a target image before the teacher
+    and the student see it. No host sync: both versions are computed, one kept per image.
+
+    Args:
+        images: B (3, H_i, W_i) tensors (a list, or a (B, 3, H, W) tensor).
+        targets: None or B dicts with ``boxes`` (N_i, 4) xyxy in the image's pixels (other keys kept).
+        generator: the source of the coin flips (on the images' device); None: torch's global one.
+        p: flip probability.
+
+    Returns:
+        ``(images, targets)``: lists (targets None when None was given).
+
+    Example:
+        >>> x = torch.arange(4.).view(1, 1, 4).expand(3, 1, 4)
+        >>> t = {"boxes": torch.tensor([[0., 0., 1., 1.]]), "labels": torch.tensor([1])}
+        >>> ims, ts = random_hflip([x], [t], p=1.0)
+        >>> ims[0][0, 0].tolist(), ts[0]["boxes"].tolist(), ts[0]["labels"].tolist()
+        ([3.0, 2.0, 1.0, 0.0], [[3.0, 0.0, 4.0, 1.0]], [1])
+    """
+    images = list(images)
+    flip = torch.rand(len(images), generator=generator, device=images[0].device) < p
+    out = [torch.where(f, x.flip(-1), x) for f, x in zip(flip, images)]
+    if targets is None:
+        return out, None
+    flipped = []
+    for f, x, t in zip(flip, images, targets):
+        bx, w = t["boxes"], x.shape[-1]
+        mirrored = torch.stack([w - bx[:, 2], bx[:, 1], w - bx[:, 0], bx[:, 3]], dim=1)
+        flipped.append({**t, "boxes": torch.where(f, mirrored, bx)})
+    return out, flipped
 
 
 class NightAug(torch.nn.Module):
