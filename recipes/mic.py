@@ -7,18 +7,24 @@
     python recipes/mic.py train.iters=2000 resume=true             # continue the run in out_dir
     python recipes/mic.py --help                                   # every key, its default and what it does
 
-Every iteration (docs/method.md sections 5 and 7):
-  (a) source cross-entropy on the WARPED source forward, boxes from the source label maps;
-  (b) the EMA teacher labels the plain target image (never warped): argmax pseudo-labels and ONE
-      weight q = share of pixels whose max probability >= uda.threshold;
-  (c) ClassMix: half of the classes of each source image pasted onto a target image, labels and
-      weights mixed alike, colour jitter + blur, weighted cross-entropy (the mixed image is not warped);
-  (d) MIC: the colour-augmented target masked in square patches, trained against the same
-      pseudo-labels and q (not warped);
-  (e) optimiser step, then teacher <- EMA of the student, alpha_t = min(1 - 1/(t+1), uda.ema_keep_rate);
+Every iteration (docs/method.md sections 5 and 7; DAFormer / MIC's mmseg/models/uda/dacs.py):
+  (a) source cross-entropy on the WARPED source forward, boxes from the source label maps (source
+      images uniform, or by DAFormer's rare-class sampling with uda.rcs=true);
+  (b) the EMA teacher labels the plain target image (never warped), in train mode with dropout off
+      (uda.teacher_mode=train: BatchNorm on the target batch's statistics): argmax pseudo-labels and
+      ONE weight q = share of pixels whose max probability >= uda.threshold;
+  (c) ClassMix: half of the classes of the source batch (ignore label included) pasted onto the
+      target images, labels and weights mixed alike, colour jitter + blur, weighted cross-entropy;
+  (d) MIC: images masked in square blocks (a masked pixel is the normalisation mean, as MIC masks
+      the normalised image), uda.mask_mode picks them: separate = one source image with its labels
+      + one target image with its pseudo-labels and q; separatetrgaug = the colour-augmented targets;
+  (e) optimiser step, then teacher <- EMA of the student's parameters, alpha_t = min(1 - 1/(t+1),
+      uda.ema_keep_rate) at t = step + 1 (DAFormer updates at the start of the next iteration);
   (f) log, evaluate (student, no warp), checkpoint.
+Only (a) is warped: the ClassMix and masked images (source pixels included) never are.
 With train.bn_stats=source, (c) and (d) normalise with their batch statistics but leave BatchNorm's
-running statistics (what evaluation and the teacher use) to the source forward (warpadapt.uda.bn).
+running statistics (what evaluation uses; with uda.teacher_mode=eval, the teacher too) to the source
+forward (warpadapt.uda.bn).
 Outputs in out_dir: config.yaml, metrics.jsonl, curves.png, last.pt (checkpoint), final.json,
 predictions.png (target images | labels | predictions), static_prior.npz (warp.guidance=static).
 
@@ -45,7 +51,8 @@ from warpadapt.uda.data import infinite_loader
 from warpadapt.uda.dist import cleanup_distributed, unwrap, wrap_ddp
 from warpadapt.uda.ema import EMATeacher, dacs_keep_rate
 from warpadapt.uda.logger import MetricsLogger
-from warpadapt.uda.mix import classmix_masks, mix, patch_mask, strong_augment
+from warpadapt.uda.mix import MASK_MODES, classmix_masks, mask_images, mic_batch, mix, patch_mask, strong_augment
+from warpadapt.uda.rcs import class_pixel_counts, rare_class_loader
 from warpadapt.uda.run import RunState, check_common, start_run, static_prior
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)  # the 19 Cityscapes train ids
@@ -55,10 +62,16 @@ def check(cfg) -> None:
     """This recipe's keys (the shared ones: check_common; warp options: SaliencyWarp; data: the builders)."""
     check_common(cfg)
     check_choice(cfg, "train.bn_stats", ("all", "source"))
+    check_choice(cfg, "uda.teacher_mode", ("train", "eval"))
+    check_choice(cfg, "uda.mask_mode", MASK_MODES)
+    check_choice(cfg, "uda.classmix_pool", ("batch", "image"))
+    check_range(cfg, "uda.rcs_temperature", 1e-12)
+    check_range(cfg, "uda.rcs_min_share", 0.0, 1.0)
     for key in ("train.schedule_iters", "uda.mask_patch"):
         check_range(cfg, key, 1, integer=True)
     check_range(cfg, "eval.pictures", 0, integer=True)
     check_range(cfg, "train.head_lr_mult", 1e-12)
+    check_range(cfg, "train.norm_decay_mult", 0.0)
     for key in ("uda.ema_keep_rate", "uda.threshold", "uda.mask_ratio", "uda.color_jitter_p", "uda.blur_p"):
         check_range(cfg, key, 0.0, 1.0)
 
@@ -70,9 +83,22 @@ def weighted_ce(logits, labels, weight):
 
 
 def lr_factor(step: int, t) -> float:
-    """Linear warm-up over train.warmup iterations, then poly decay to 0 at train.schedule_iters."""
-    warm = min(1.0, (step + 1) / t.warmup) if t.warmup > 0 else 1.0
+    """DAFormer's poly10warm (mmcv): poly decay to 0 at train.schedule_iters, times a linear warm-up from
+    1e-6 that reaches 1 at step train.warmup: 1 - (1 - step / warmup) * (1 - 1e-6)."""
+    warm = 1.0 - (1.0 - step / t.warmup) * (1.0 - 1e-6) if step < t.warmup else 1.0
     return warm * (1.0 - min(step, t.schedule_iters) / t.schedule_iters) ** t.poly_power
+
+
+def param_groups(model, t) -> list[dict]:
+    """AdamW groups as DAFormer's paramwise_cfg: the head at lr x train.head_lr_mult; parameters whose name
+    holds "norm" (MiT's LayerNorms) at weight decay x train.norm_decay_mult (DAFormer: 0)."""
+    groups = []
+    for part, lr in ((model.backbone, t.lr), (model.head, t.lr * t.head_lr_mult)):
+        for norm in (False, True):
+            params = [p for name, p in part.named_parameters() if ("norm" in name) == norm]
+            if params:
+                groups.append(dict(params=params, lr=lr, weight_decay=t.weight_decay * (t.norm_decay_mult if norm else 1)))
+    return groups
 
 
 @torch.no_grad()
@@ -117,22 +143,28 @@ def main(argv=None) -> dict:
     warp = warp_from_config(cfg, static_prior(cfg, src_train, out, info))  # built once, from cfg.warp
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = segmenter_from_config(cfg, warp).to(dev).train()
-    teacher = EMATeacher(model)
+    # train: DAFormer / MIC's teacher (train mode, dropout off, EMA of the parameters only); eval: eval mode, EMA of all
+    teacher = EMATeacher(model, buffers="none" if u.teacher_mode == "train" else "ema", mode=u.teacher_mode)
     student = wrap_ddp(model, info)
     evaluated = teacher.module if cfg.eval.model == "teacher" else student  # auto: MIC evaluates the student
-    opt = torch.optim.AdamW(model.param_groups(t.lr, t.head_lr_mult, t.weight_decay))
+    opt = torch.optim.AdamW(param_groups(model, t))
     base_lrs = [g["lr"] for g in opt.param_groups]
     torch.manual_seed(t.seed + 1000 * info.rank)  # dropout differs per rank
-    gen = torch.Generator().manual_seed(t.seed + 1000 * info.rank)  # ClassMix, MIC masks, colour jitter
+    gen = torch.Generator(dev).manual_seed(t.seed + 1000 * info.rank)  # ClassMix, MIC masks, colour jitter
 
     # 5. resume: the last checkpoint in out_dir, if asked (and present)
     state = RunState(out / "last.pt", info, cfg, generators={"mix": gen}, student=model, teacher=teacher, optimizer=opt)
     start = state.load() if resuming else 0
     logger = MetricsLogger(out, enabled=info.is_main, resume_step=start if start else None)
-    src_it, tgt_it = (infinite_loader(ds, t.batch_size, seed=t.seed + k, info=info, start_step=start,
-                                      collate_fn=collate_segmentation, num_workers=cfg.data.workers)
-                      for k, ds in enumerate((src_train, tgt_train)))
-    aug = dict(jitter=u.color_jitter, jitter_p=u.color_jitter_p, blur_p=u.blur_p)
+    stream = dict(info=info, start_step=start, collate_fn=collate_segmentation, num_workers=cfg.data.workers)
+    if u.rcs:  # DAFormer's rare-class sampling: class frequencies over the source labels (warpadapt.uda.rcs)
+        counts = class_pixel_counts((src_train[i]["semantic"] for i in range(len(src_train))), NUM_CLASSES)
+        src_it = rare_class_loader(src_train, t.batch_size, counts, seed=t.seed, temperature=u.rcs_temperature,
+                                   min_pixels=u.rcs_min_share * np.prod(cfg.data.image_size), **stream)
+    else:
+        src_it = infinite_loader(src_train, t.batch_size, seed=t.seed, **stream)
+    tgt_it = infinite_loader(tgt_train, t.batch_size, seed=t.seed + 1, **stream)
+    aug = dict(jitter=u.color_jitter, jitter_p=u.color_jitter_p, blur_p=u.blur_p, per_image=u.augment_per_image)
 
     # 6. the loop
     train_seconds, cpu_seconds = 0.0, 0.0
@@ -147,25 +179,27 @@ def main(argv=None) -> dict:
         x_s, y_s = src["images"].to(dev), src["semantic"].to(dev)
         # Each phase runs backward at once (DAFormer does too): one graph in memory at a time.
 
-        # (a) source: the only warped forward; boxes from the source labels, features unwarped
-        loss_src = F.cross_entropy(student(x_s, boxes=[b.to(dev) for b in src["boxes"]]), y_s, ignore_index=IGNORE_INDEX)
+        # (a) source: the only warped forward; boxes from the source labels, features unwarped; DAFormer's
+        # cross-entropy: the mean over ALL pixels (ignored ones add 0)
+        loss_src = weighted_ce(student(x_s, boxes=[b.to(dev) for b in src["boxes"]]), y_s, 1.0)
         loss_src.backward()
         logs = {"loss_src": loss_src.item()}
 
         # train.bn_stats=source: the self-training forwards (ClassMix collages, masked images) normalise
-        # with their batch statistics but leave BatchNorm's running ones (evaluation's, the teacher's) alone
+        # with their batch statistics but leave BatchNorm's running ones (evaluation's) alone
         with frozen_bn_stats(model) if t.bn_stats == "source" else nullcontext():
             if u.enabled:
                 x_t = next(tgt_it)["images"].to(dev)  # target labels are never used
-                # (b) teacher pseudo-labels on the plain target image (no boxes: no warp), scalar weight q
+                # (b) teacher pseudo-labels on the plain target image (no boxes: no warp), one weight q
                 with torch.no_grad():
                     confidence, pseudo = teacher(x_t).softmax(1).max(1)
                 q = (confidence >= u.threshold).float().mean()
                 w_t = q.expand_as(confidence)
 
-                # (c) ClassMix: source pixels of half of its classes onto the target; colour jitter + blur
+                # (c) ClassMix: source pixels of half of the batch's classes onto the target; colour jitter + blur
                 if u.classmix:
-                    m = classmix_masks(y_s, gen, NUM_CLASSES, IGNORE_INDEX)
+                    m = classmix_masks(y_s, gen, NUM_CLASSES, IGNORE_INDEX, pool=u.classmix_pool,
+                                       include_ignore=u.classmix_ignore)
                     x_mix, y_mix, w_mix = mix(m, x_s, x_t), mix(m, y_s, pseudo), mix(m, torch.ones_like(w_t), w_t)
                 else:  # plain self-training on the augmented target image
                     x_mix, y_mix, w_mix = x_t, pseudo, w_t
@@ -173,17 +207,19 @@ def main(argv=None) -> dict:
                 loss_mix.backward()
                 logs.update(loss_mix=loss_mix.item(), q=q.item())
 
-                # (d) MIC: the colour-augmented target masked in square patches, same pseudo-labels and q
+                # (d) MIC: the mask mode's images (colour-augmented in the ...aug modes), masked pixels = the mean
                 if u.mic:
-                    keep = patch_mask(x_t.shape[0], x_t.shape[-2:], u.mask_patch, u.mask_ratio, gen, dev)
-                    loss_mic = u.mic_weight * weighted_ce(student(strong_augment(x_t, gen, **aug) * keep), pseudo, w_t)
+                    x_m, y_m, w_m = mic_batch(u.mask_mode, x_s, y_s, x_t, pseudo, w_t)
+                    x_m = strong_augment(x_m, gen, **aug) if u.mask_mode.endswith("aug") else x_m
+                    keep = patch_mask(x_m.shape[0], x_m.shape[-2:], u.mask_patch, u.mask_ratio, gen, dev)
+                    loss_mic = u.mic_weight * weighted_ce(student(mask_images(x_m, keep, model.mean)), y_m, w_m)
                     loss_mic.backward()
                     logs["loss_mic"] = loss_mic.item()
 
-        # (e) step, then the EMA teacher with the DACS schedule
+        # (e) step, then the EMA teacher with the DACS schedule (DAFormer: alpha of iteration step + 1)
         opt.step()
         if u.enabled:
-            teacher.update(model, dacs_keep_rate(step, u.ema_keep_rate))
+            teacher.update(model, dacs_keep_rate(step + 1, u.ema_keep_rate))
         train_seconds += time.perf_counter() - tic
         cpu_seconds += time.process_time() - cpu_tic  # all threads of this process
 

@@ -49,7 +49,11 @@ def run(out, *overrides, iters=2):
     ["warp.guidance=geometric"],
     ["warp.guidance=none"],
     ["--config", "synthetic_inline"],
-], ids=["default", "source_only", "no_classmix", "no_mic", "static", "geometric", "no_warp", "inline_pair"])
+    ["uda.teacher_mode=eval", "uda.mask_mode=separatetrgaug", "uda.classmix_pool=image", "uda.classmix_ignore=false",
+     "uda.augment_per_image=true"],  # this recipe's behaviour before it followed DAFormer / MIC's code
+    ["uda.rcs=true", "uda.mask_mode=separatesrcaug"],
+], ids=["default", "source_only", "no_classmix", "no_mic", "static", "geometric", "no_warp", "inline_pair", "previous",
+        "rcs"])
 def test_every_mode_runs_and_writes_outputs(tmp_path, mode):
     final = run(tmp_path, *mode)
     for name in ("config.yaml", "metrics.jsonl", "final.json", "curves.png", "predictions.png", "last.pt"):
@@ -92,7 +96,10 @@ def test_lr_schedule_does_not_depend_on_train_iters():
     cfg = load_config(RECIPE, ["train.iters=3", "train.schedule_iters=10", "train.warmup=2"], default="synthetic_clear2fog")
     longer = load_config(RECIPE, ["train.iters=10", "train.schedule_iters=10", "train.warmup=2"], default="synthetic_clear2fog")
     assert [mic.lr_factor(s, cfg.train) for s in range(3)] == [mic.lr_factor(s, longer.train) for s in range(3)]
-    assert mic.lr_factor(0, cfg.train) == 0.5 and mic.lr_factor(10, cfg.train) == 0.0
+    # mmcv's linear warm-up (DAFormer's poly10warm): 1e-6 at step 0, 1 at step train.warmup, times the poly decay
+    assert mic.lr_factor(0, cfg.train) == pytest.approx(1e-6) and mic.lr_factor(10, cfg.train) == 0.0
+    assert mic.lr_factor(1, cfg.train) == pytest.approx((1 - 0.5 * (1 - 1e-6)) * 0.9)
+    assert mic.lr_factor(2, cfg.train) == pytest.approx(0.8)
 
 
 def test_torchrun_two_processes_cpu(tmp_path):
@@ -128,8 +135,8 @@ def test_only_source_images_are_warped(tmp_path, monkeypatch):
     calls, phase = [], ["train"]
     seg_forward, backbone_run, warp_forward = Segmenter.forward, WarpedBackbone._run, SaliencyWarp.forward
 
-    def spy_segmenter(self, images, boxes=None):
-        calls.append(dict(phase=phase[0], teacher=not self.training, images=images.detach().clone(),
+    def spy_segmenter(self, images, boxes=None):  # the teacher (train mode, like MIC's) runs without gradients
+        calls.append(dict(phase=phase[0], teacher=not torch.is_grad_enabled(), images=images.detach().clone(),
                           expected=self.normalize(images).detach().clone(), boxes=boxes, backbone_in=None, warped=None))
         return seg_forward(self, images, boxes)
 
@@ -168,7 +175,13 @@ def test_only_source_images_are_warped(tmp_path, monkeypatch):
             assert c["boxes"] is None and c["warped"] is None
             assert torch.equal(c["backbone_in"], c["expected"])
         assert not torch.equal(teacher["images"], src["images"])
-        assert (masked["images"] == 0).all(1).float().mean() > 0.3  # MIC masked ~70 % of the patches
+        # MIC, mask mode separate: source image 0 and target image 0 (no colour augmentation), masked in
+        # blocks; a masked pixel is the normalisation mean, so the backbone sees exactly 0 there
+        masked_px = (masked["expected"] == 0).all(1, keepdim=True)
+        assert 0.4 < masked_px.float().mean() < 0.95  # ~70 % of the blocks
+        kept = ~masked_px.expand_as(masked["images"])
+        plain = torch.stack([src["images"][0], teacher["images"][0]])  # the unwarped source, the raw target
+        assert masked["images"].shape == plain.shape and torch.equal(masked["images"][kept], plain[kept])
     evals = [c for c in calls if c["phase"] == "eval"]
     assert evals and all(c["warped"] is None and torch.equal(c["backbone_in"], c["expected"]) for c in evals)
 
@@ -180,7 +193,7 @@ def test_bn_stats_source_leaves_running_stats_to_the_source_forward(tmp_path, mo
 
     def spy(self, images, boxes=None):
         out = seg_forward(self, images, boxes)
-        if self.training:  # the fusion BatchNorm's running mean after each student forward
+        if self.training and torch.is_grad_enabled():  # the fusion BatchNorm's running mean after each student forward
             seen.append(self.head.fuse[1].running_mean.clone())
         return out
 
@@ -238,15 +251,17 @@ def test_dataset_folders_cityscapes_to_acdc(tmp_path):
     assert item["boxes"].tolist() == [[23.0, 30.0, 33.0, 39.0]]  # the car (label-id instance map), nearest-resized x 0.75
 
 
-def test_classmix_takes_whole_classes_half_of_them_never_ignore():
+def test_classmix_image_pool_takes_whole_classes_half_of_them_never_ignore():
+    """uda.classmix_pool=image, uda.classmix_ignore=false: this recipe's ClassMix before it followed DACS's code."""
     from warpadapt.uda.mix import classmix_masks, mix
 
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 7, (5, 16, 24), generator=g)
     labels[:, :2] = 255
     labels[3] = 4  # one class only: it is taken
-    masks = classmix_masks(labels, torch.Generator().manual_seed(1), num_classes=19)
-    again = classmix_masks(labels, torch.Generator().manual_seed(1), num_classes=19)
+    kw = dict(num_classes=19, pool="image", include_ignore=False)
+    masks = classmix_masks(labels, torch.Generator().manual_seed(1), **kw)
+    again = classmix_masks(labels, torch.Generator().manual_seed(1), **kw)
     assert torch.equal(masks, again)
     for lab, m in zip(labels, masks):
         present = set(lab[lab != 255].unique().tolist())
