@@ -142,7 +142,8 @@ class Detector(FasterRCNN):
         out_indices: timm feature levels to use (None: every level at stride >= 4, from timm's
             ``feature_info``: any family).
         pretrained_file: local timm weights (nothing downloads; None = random init);
-            ``pretrained_strict``: see :func:`~warpadapt.models.backbone.create_backbone`.
+            ``pretrained_strict``, ``pretrained_format`` (auto | timm | torchvision | segformer |
+            hf_segformer): see :func:`~warpadapt.models.backbone.create_backbone`.
         warp: the warp, as :func:`warpadapt.wrap` takes it (a ``SaliencyWarp``, a guidance name
             "instance" / "static" / "geometric" / "none", or a mapping of its options; None: instance).
         image_size: (H, W) of the training batches, for fixed-size timm families (None: timm's default).
@@ -184,7 +185,8 @@ class Detector(FasterRCNN):
     """
 
     def __init__(self, backbone: str = "resnet18", num_classes: int = 8, *, out_indices=None,
-                 pretrained_file: str | None = None, pretrained_strict: bool = True, warp=None,
+                 pretrained_file: str | None = None, pretrained_strict: bool = True,
+                 pretrained_format: str = "auto", warp=None,
                  image_size=None, fpn_channels: int = 256, anchor_scale: float = 8.0, aspect_ratios=(0.5, 1.0, 2.0),
                  min_size: int = 800, max_size: int = 1333, representation_size: int = 1024,
                  timm_kwargs: dict | None = None, **kwargs) -> None:
@@ -193,7 +195,8 @@ class Detector(FasterRCNN):
         if not anchor_scale > 0:
             raise ValueError(f"anchor_scale: expected a positive number, got {anchor_scale!r}")
         model = create_backbone(backbone, out_indices, pretrained_file, image_size=image_size,
-                                pretrained_strict=pretrained_strict, **(timm_kwargs or {}))
+                                pretrained_strict=pretrained_strict, pretrained_format=pretrained_format,
+                                **(timm_kwargs or {}))
         plain = len(set(model.feature_info.reduction())) == 1  # a plain ViT: a simple pyramid from its last map
         pyramid = SimplePyramid(model.feature_info.channels()[-1]) if plain else None
         neck = TimmFPN(wrap(model, warp, neck=pyramid), fpn_channels)

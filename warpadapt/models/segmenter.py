@@ -93,7 +93,7 @@ class Segmenter(nn.Module):
         embed_dim, dropout: of the :class:`AllMLPHead`.
         warp: the warp, as :func:`warpadapt.wrap` takes it (a ``SaliencyWarp``, a guidance name
             "instance" / "static" / "geometric" / "none", or a mapping of its options; None: instance).
-        pretrained_strict: see :func:`~warpadapt.models.backbone.create_backbone`.
+        pretrained_strict, pretrained_format: see :func:`~warpadapt.models.backbone.create_backbone`.
         image_size: (H, W) of the training images, for fixed-size timm families (None: timm's default).
         timm_kwargs: extra ``timm.create_model`` arguments.
 
@@ -125,13 +125,15 @@ class Segmenter(nn.Module):
         warp=None,
         *,
         pretrained_strict: bool = True,
+        pretrained_format: str = "auto",
         image_size: Sequence[int] | None = None,
         timm_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         if isinstance(backbone, str):
             model = create_backbone(backbone, out_indices, pretrained_file, image_size=image_size,
-                                    pretrained_strict=pretrained_strict, **(timm_kwargs or {}))
+                                    pretrained_strict=pretrained_strict, pretrained_format=pretrained_format,
+                                    **(timm_kwargs or {}))
         elif isinstance(backbone, nn.Module):
             model = backbone
         else:

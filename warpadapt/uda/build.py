@@ -82,13 +82,22 @@ def detection_datasets(cfg: DictConfig):
     return (*sets, list(sets[0].classes))
 
 
+def _pretrained_format(cfg: DictConfig) -> str:
+    fmt = OmegaConf.select(cfg, "model.pretrained_format", default="auto")
+    formats = ("auto", "timm", "torchvision", "segformer", "hf_segformer")
+    if fmt not in formats:
+        raise ValueError(f"config: model.pretrained_format: expected one of {formats}, got {fmt!r}")
+    return fmt
+
+
 def detector_from_config(cfg: DictConfig, num_classes: int, warp=None) -> Detector:
     """The twopcnet student of ``cfg.model`` (``num_classes`` with background). ``warp``: as
     :func:`warpadapt.wrap` takes it; None builds no warp (``"none"``: a model to evaluate or reload)."""
     m = cfg.model
     return Detector(
         m.backbone, num_classes, out_indices=m.out_indices, pretrained_file=m.pretrained_file,
-        pretrained_strict=m.pretrained_strict, warp="none" if warp is None else warp,
+        pretrained_strict=m.pretrained_strict, pretrained_format=_pretrained_format(cfg),
+        warp="none" if warp is None else warp,
         image_size=tuple(cfg.data.image_size), timm_kwargs=OmegaConf.to_container(m.kwargs),
         fpn_channels=m.fpn_channels, anchor_scale=m.anchor_scale, min_size=cfg.data.image_size[0],
         max_size=cfg.data.image_size[1], representation_size=m.representation_size,
@@ -257,6 +266,7 @@ def segmenter_from_config(cfg: DictConfig, warp=None) -> Segmenter:
     train_size = segmentation_pipeline(cfg)["crop_size"] or tuple(cfg.data.image_size)
     return Segmenter(m.backbone, len(CITYSCAPES_CLASSES), m.out_indices, m.pretrained_file, m.embed_dim, m.dropout,
                      "none" if warp is None else warp, pretrained_strict=m.pretrained_strict,
+                     pretrained_format=_pretrained_format(cfg),
                      image_size=tuple(train_size), timm_kwargs=OmegaConf.to_container(m.kwargs))
 
 
