@@ -41,18 +41,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from warpadapt.data import collate_segmentation
 from warpadapt.data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX
 from warpadapt.uda.bn import frozen_bn_stats
-from warpadapt.uda.build import evaluate_segmenter, segmentation_datasets, segmenter_from_config, warp_from_config
+from warpadapt.uda.build import (evaluate_segmenter, segmentation_datasets, segmentation_loader,
+                                 segmentation_pipeline, segmenter_from_config, warp_from_config)
 from warpadapt.uda.cli import run
 from warpadapt.uda.config import check_choice, check_range, load_config
-from warpadapt.uda.data import infinite_loader
 from warpadapt.uda.dist import cleanup_distributed, unwrap, wrap_ddp
 from warpadapt.uda.ema import EMATeacher, dacs_keep_rate
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.mix import MASK_MODES, classmix_masks, mask_images, mic_batch, mix, patch_mask, strong_augment
-from warpadapt.uda.rcs import class_pixel_counts, rare_class_loader
+from warpadapt.uda.rcs import RareClassSampler, class_pixel_counts
 from warpadapt.uda.run import RunState, check_common, start_run, static_prior
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)  # the 19 Cityscapes train ids
@@ -61,6 +60,7 @@ NUM_CLASSES = len(CITYSCAPES_CLASSES)  # the 19 Cityscapes train ids
 def check(cfg) -> None:
     """This recipe's keys (the shared ones: check_common; warp options: SaliencyWarp; data: the builders)."""
     check_common(cfg)
+    segmentation_pipeline(cfg)  # data.crop_size, data.flip, data.<domain>.scale, eval.mode ...
     check_choice(cfg, "train.bn_stats", ("all", "source"))
     check_choice(cfg, "uda.teacher_mode", ("train", "eval"))
     check_choice(cfg, "uda.mask_mode", MASK_MODES)
@@ -156,14 +156,15 @@ def main(argv=None) -> dict:
     state = RunState(out / "last.pt", info, cfg, generators={"mix": gen}, student=model, teacher=teacher, optimizer=opt)
     start = state.load() if resuming else 0
     logger = MetricsLogger(out, enabled=info.is_main, resume_step=start if start else None)
-    stream = dict(info=info, start_step=start, collate_fn=collate_segmentation, num_workers=cfg.data.workers)
-    if u.rcs:  # DAFormer's rare-class sampling: class frequencies over the source labels (warpadapt.uda.rcs)
-        counts = class_pixel_counts((src_train[i]["semantic"] for i in range(len(src_train))), NUM_CLASSES)
-        src_it = rare_class_loader(src_train, t.batch_size, counts, seed=t.seed, temperature=u.rcs_temperature,
-                                   min_pixels=u.rcs_min_share * np.prod(cfg.data.image_size), **stream)
-    else:
-        src_it = infinite_loader(src_train, t.batch_size, seed=t.seed, **stream)
-    tgt_it = infinite_loader(tgt_train, t.batch_size, seed=t.seed + 1, **stream)
+    # every draw gets its own crop / flip, keyed by (seed, stream position, index): resumable (data.crop_size)
+    stream = dict(info=info, start_step=start, num_workers=cfg.data.workers)
+    sampler = None
+    if u.rcs:  # DAFormer's rare-class sampling: class frequencies over the uncropped source labels
+        labels = [src_train.whole(i)["semantic"] for i in range(len(src_train))]
+        sampler = RareClassSampler(class_pixel_counts(labels, NUM_CLASSES), t.batch_size, t.seed, info.rank, start,
+                                   u.rcs_temperature, u.rcs_min_share * labels[0].numel())
+    src_it = segmentation_loader(src_train, t.batch_size, seed=t.seed, batch_sampler=sampler, **stream)
+    tgt_it = segmentation_loader(tgt_train, t.batch_size, seed=t.seed + 1, **stream)
     aug = dict(jitter=u.color_jitter, jitter_p=u.color_jitter_p, blur_p=u.blur_p, per_image=u.augment_per_image)
 
     # 6. the loop

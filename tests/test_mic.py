@@ -240,12 +240,22 @@ def test_dataset_folders_cityscapes_to_acdc(tmp_path):
             _png(tmp_path / f"cityscapes/gtFine/{split}/ulm/{stem}_gtFine_instanceIds.png", inst)
             _png(tmp_path / f"acdc/rgb_anon/fog/{split}/GOPR0475/{stem}_rgb_anon.png", rng.integers(0, 255, (64, 128, 3), np.uint8))
             _png(tmp_path / f"acdc/gt/fog/{split}/GOPR0475/{stem}_gt_labelTrainIds.png", sem)
+    # the DAFormer pipeline of the config (keep-ratio scales, random crops, flips; val at the label's size),
+    # at a small scale: 64 x 128 images -> 48 x 96, 32 x 64 crops
+    small = ["data.source.scale=[96,48]", "data.target.scale=[96,48]", "data.crop_size=[32,64]"]
     out = tmp_path / "run"
     final = mic.main(["--config", "cityscapes2acdc_fog", f"data.root={tmp_path}", f"out_dir={out}", "train.iters=1",
-                      "train.schedule_iters=6", "data.workers=0", "model.backbone=pvt_v2_b0", "uda.mask_patch=8", *TINY])
+                      "train.schedule_iters=6", "data.workers=0", "model.backbone=pvt_v2_b0", "uda.mask_patch=8", *TINY,
+                      *small])
     assert final["iters"] == 1 and (out / "final.json").is_file()
-    src = segmentation_datasets(load_config(RECIPE, ["--config", "cityscapes2acdc_fog", f"data.root={tmp_path}", *TINY],
-                                            default="synthetic_clear2fog"))[0]
+    cfg = lambda *extra: load_config(RECIPE, ["--config", "cityscapes2acdc_fog", f"data.root={tmp_path}", *TINY, *extra],  # noqa: E731
+                                     default="synthetic_clear2fog")
+    src, _, _, tgt_val = segmentation_datasets(cfg(*small))
+    assert src[0]["image"].shape == (3, 32, 64) and src.whole(0)["image"].shape == (3, 48, 96)
+    assert tgt_val[0]["semantic"].shape == (64, 128)  # evaluated at the label's own resolution
+    # without scales and crops: every image resized to data.image_size, as before
+    src = segmentation_datasets(cfg("data.source.scale=null", "data.target.scale=null", "data.crop_size=null",
+                                    "data.flip=false"))[0]
     item = src[0]
     assert item["image"].shape == (3, 48, 96) and item["semantic"].shape == (48, 96)
     assert item["boxes"].tolist() == [[23.0, 30.0, 33.0, 39.0]]  # the car (label-id instance map), nearest-resized x 0.75

@@ -200,9 +200,11 @@ TINY = ["data.image_size=[48,96]", "data.train_images=3", "data.val_images=2"]
 
 
 @pytest.mark.parametrize("config", ["synthetic_clear2fog", "synthetic_inline", "cityscapes2acdc_fog"])
-def test_todays_yamls_build_the_old_datasets(tmp_path, config):
+def test_the_yamls_with_the_old_pipeline_build_the_old_datasets(tmp_path, config):
+    """The pipeline keys set to the behaviour before them (no scale, no crop, no flip) give the old items."""
     extra = [f"data.root={_folders(tmp_path)}"] if config.startswith("cityscapes") else []
-    cfg = load_config(RECIPE, ["--config", config, *extra, *TINY], default="synthetic_clear2fog")
+    old_pipeline = ["data.source.scale=null", "data.target.scale=null", "data.crop_size=null", "data.flip=false"]
+    cfg = load_config(RECIPE, ["--config", config, *extra, *TINY, *old_pipeline], default="synthetic_clear2fog")
     p = segmentation_pipeline(cfg)
     assert p["scale"] == {"source": None, "target": None} and p["crop_size"] is None and not p["flip"]
     assert p["eval"] == {"mode": "whole", "crop_size": None, "stride": None}
