@@ -398,6 +398,13 @@ def _intensity_plot(recs: dict, seeds: list[int], path: Path) -> bool:
     return True
 
 
+#: What the raw records in results/raw measured: a run records its command, not the code's version.
+CODE_NOTE = ("**These runs used the recipes as they were up to commit 2ab6164, before they followed their "
+             "methods' code** (2PCNet's KL reduction and boxes, warp stage and LR schedule; MIC's teacher mode, "
+             "mask fill, mask mode, ClassMix draw and DAFormer's flips). They judge that port; the table is to be "
+             "redone on the faithful recipes (`benchmarks/uda_vs_source.py` first checks that UDA beats source-only).")
+
+
 def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
     recs = {}
     for p in sorted((out / "raw").glob("*.json")):
@@ -407,6 +414,7 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
     lines = ["# Results: the adaptation table on the synthetic pairs", "",
              "Written by `python benchmarks/uda_table.py` from `results/raw/*.json` (do not edit by hand: "
              "the plain reading lives in `docs/RESULTS_reading.md` and is pasted below).", "",
+             *([CODE_NOTE, ""] if out.resolve() == (ROOT / "results").resolve() else []),
              f"Runs found: {len(recs)}; total training wall time {total / 3600:.1f} h. Seeds: {seeds}. "
              "Every number is on the held-out target `test` split (tuning looked at `val` only); "
              "mean ± std over seeds; Δ is the per-seed paired difference against the baseline row "
