@@ -52,7 +52,7 @@ from warpadapt.uda.ema import EMATeacher, dacs_keep_rate
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.mix import MASK_MODES, classmix_masks, mask_images, mic_batch, mix, patch_mask, strong_augment
 from warpadapt.uda.rcs import RareClassSampler, class_pixel_counts
-from warpadapt.uda.run import RunState, check_common, start_run, static_prior
+from warpadapt.uda.run import MixedPrecision, RunState, check_common, start_run, static_prior
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)  # the 19 Cityscapes train ids
 
@@ -148,12 +148,14 @@ def main(argv=None) -> dict:
     student = wrap_ddp(model, info)
     evaluated = teacher.module if cfg.eval.model == "teacher" else student  # auto: MIC evaluates the student
     opt = torch.optim.AdamW(param_groups(model, t))
+    amp = MixedPrecision(t.amp, dev)  # train.amp: bf16 / fp16 autocast of the training forwards
     base_lrs = [g["lr"] for g in opt.param_groups]
     torch.manual_seed(t.seed + 1000 * info.rank)  # dropout differs per rank
     gen = torch.Generator(dev).manual_seed(t.seed + 1000 * info.rank)  # ClassMix, MIC masks, colour jitter
 
     # 5. resume: the last checkpoint in out_dir, if asked (and present)
-    state = RunState(out / "last.pt", info, cfg, generators={"mix": gen}, student=model, teacher=teacher, optimizer=opt)
+    state = RunState(out / "last.pt", info, cfg, generators={"mix": gen}, student=model, teacher=teacher, optimizer=opt,
+                     amp=amp)
     start = state.load() if resuming else 0
     logger = MetricsLogger(out, enabled=info.is_main, resume_step=start if start else None)
     # every draw gets its own crop / flip, keyed by (seed, stream position, index): resumable (data.crop_size)
@@ -182,8 +184,9 @@ def main(argv=None) -> dict:
 
         # (a) source: the only warped forward; boxes from the source labels, features unwarped; DAFormer's
         # cross-entropy: the mean over ALL pixels (ignored ones add 0)
-        loss_src = weighted_ce(student(x_s, boxes=[b.to(dev) for b in src["boxes"]]), y_s, 1.0)
-        loss_src.backward()
+        with amp.autocast():
+            loss_src = weighted_ce(student(x_s, boxes=[b.to(dev) for b in src["boxes"]]), y_s, 1.0)
+        amp.backward(loss_src)
         logs = {"loss_src": loss_src.item()}
 
         # train.bn_stats=source: the self-training forwards (ClassMix collages, masked images) normalise
@@ -193,7 +196,9 @@ def main(argv=None) -> dict:
                 x_t = next(tgt_it)["images"].to(dev)  # target labels are never used
                 # (b) teacher pseudo-labels on the plain target image (no boxes: no warp), one weight q
                 with torch.no_grad():
-                    confidence, pseudo = teacher(x_t).softmax(1).max(1)
+                    with amp.autocast():
+                        logits_t = teacher(x_t)
+                    confidence, pseudo = logits_t.float().softmax(1).max(1)
                 q = (confidence >= u.threshold).float().mean()
                 w_t = q.expand_as(confidence)
 
@@ -204,8 +209,9 @@ def main(argv=None) -> dict:
                     x_mix, y_mix, w_mix = mix(m, x_s, x_t), mix(m, y_s, pseudo), mix(m, torch.ones_like(w_t), w_t)
                 else:  # plain self-training on the augmented target image
                     x_mix, y_mix, w_mix = x_t, pseudo, w_t
-                loss_mix = weighted_ce(student(strong_augment(x_mix, gen, **aug)), y_mix, w_mix)
-                loss_mix.backward()
+                with amp.autocast():
+                    loss_mix = weighted_ce(student(strong_augment(x_mix, gen, **aug)), y_mix, w_mix)
+                amp.backward(loss_mix)
                 logs.update(loss_mix=loss_mix.item(), q=q.item())
 
                 # (d) MIC: the mask mode's images (colour-augmented in the ...aug modes), masked pixels = the mean
@@ -213,12 +219,13 @@ def main(argv=None) -> dict:
                     x_m, y_m, w_m = mic_batch(u.mask_mode, x_s, y_s, x_t, pseudo, w_t)
                     x_m = strong_augment(x_m, gen, **aug) if u.mask_mode.endswith("aug") else x_m
                     keep = patch_mask(x_m.shape[0], x_m.shape[-2:], u.mask_patch, u.mask_ratio, gen, dev)
-                    loss_mic = u.mic_weight * weighted_ce(student(mask_images(x_m, keep, model.mean)), y_m, w_m)
-                    loss_mic.backward()
+                    with amp.autocast():
+                        loss_mic = u.mic_weight * weighted_ce(student(mask_images(x_m, keep, model.mean)), y_m, w_m)
+                    amp.backward(loss_mic)
                     logs["loss_mic"] = loss_mic.item()
 
         # (e) step, then the EMA teacher with the DACS schedule (DAFormer: alpha of iteration step + 1)
-        opt.step()
+        amp.step(opt)
         if u.enabled:
             teacher.update(model, dacs_keep_rate(step + 1, u.ema_keep_rate))
         train_seconds += time.perf_counter() - tic

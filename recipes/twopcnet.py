@@ -39,7 +39,7 @@ from warpadapt.uda.evaluate import evaluate_detection
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.nightaug import night_aug, random_hflip
 from warpadapt.uda.pseudo import filter_detections
-from warpadapt.uda.run import RunState, check_common, start_run, static_prior
+from warpadapt.uda.run import MixedPrecision, RunState, check_common, start_run, static_prior
 
 
 #: 2PCNet's student-scale curriculum (``uda.student_scale``): the values a mapping may leave out.
@@ -211,12 +211,13 @@ def main(argv=None):
     model = wrap_ddp(student, info)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer, scheduler = optimizer_and_schedule(tc, params)
+    amp = MixedPrecision(tc.amp, info.device)
     # this rank's seeded generators, saved with the run: NightAug, flips (uda.hflip), student scale
     gens = {name: torch.Generator().manual_seed(tc.seed * 1000 + info.rank + 100_000 * k)
             for k, name in enumerate(("nightaug", "flip", "scale"))}
 
     # ------------------------------------------------------------------ resume
-    state = RunState(out_dir / "last.pt", info, cfg, generators=gens, student=student, teacher=teacher,
+    state = RunState(out_dir / "last.pt", info, cfg, generators=gens, student=student, teacher=teacher, amp=amp,
                      optimizer=optimizer, scheduler=scheduler)
     start = state.load() if resuming else 0
     logger = MetricsLogger(out_dir, enabled=info.is_main, resume_step=start if start else None)
@@ -241,50 +242,49 @@ def main(argv=None):
         t0, c0 = time.perf_counter(), time.process_time()
         adapting = uc.enabled and it >= tc.burn_in
 
-        # (a) source (+ flip) + NightAug copy, supervised; the ONLY warped forward (boxes = ground truth),
-        # during burn-in only unless warp.stage=always
-        images, targets = next(src_iter)
-        images = [x.to(info.device) for x in images]
-        targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
-        images, targets = source_batch(images, targets, uc, gens)
-        out = model(images, targets, warp=cfg.warp.stage == "always" or it < tc.burn_in)
-        losses = dict(out.losses)
-        loss = sum(losses.values())
+        with amp.autocast():  # train.amp: the training forwards in bf16 / fp16 (the warp's geometry stays float32)
+            # (a) source (+ flip) + NightAug copy, supervised; the ONLY warped forward (boxes = ground truth),
+            # during burn-in only unless warp.stage=always
+            images, targets = next(src_iter)
+            images = [x.to(info.device) for x in images]
+            targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
+            images, targets = source_batch(images, targets, uc, gens)
+            out = model(images, targets, warp=cfg.warp.stage == "always" or it < tc.burn_in)
+            losses = dict(out.losses)
+            loss = sum(losses.values())
 
-        if adapting:
-            if it == tc.burn_in:  # end of burn-in: the teacher starts as a copy of the student
-                teacher.reset(student)
-            # (b) teacher pseudo-labels on the target image (eval mode: never warped)
-            t_images = [x.to(info.device) for x in next(tgt_iter)[0]]
-            if uc.hflip:  # 2PCNet's mapper flips target images too (teacher and student see the same one)
-                t_images = random_hflip(t_images, None, gens["flip"])[0]
-            with torch.no_grad():
-                detections, t_il, t_feats = teacher.module.detect(t_images, return_features=True)
-                pseudo = filter_detections(detections, uc.threshold)
-            # (c) student on the same target image, not warped; with uda.student_scale smaller (pseudo-labels
-            # scaled with it, the tiny ones dropped). Phase one: pseudo-labels train the RPN objectness (box
-            # regression weight 0) and are appended to the proposals (RoI sampling).
-            scale, min_area = student_scale(it, uc.student_scale, gens["scale"])
-            t_out = model(t_images, pseudo, warp=False, roi_loss=False, scale=scale, min_box_area=min_area)
-            losses["loss_rpn_pseudo"] = uc.rpn_weight * t_out.losses["loss_objectness"]
-            # Phase two: the teacher re-scores, on its own features of the target image, the proposals behind
-            # the student's detections (uda.consistency_boxes); weighted KL between the class distributions
-            s_logits, boxes = consistency_pairs(student, t_out, t_il, uc)
-            with torch.no_grad():
-                t_logits = teacher.module.rescore(t_il, boxes, t_feats)
-            losses["loss_consistency"] = uc.consistency_weight * consistency_loss(s_logits, t_logits, uc.kl_reduction)
-            losses["pseudo_per_image"] = torch.tensor(sum(len(p["boxes"]) for p in pseudo) / len(pseudo))
-            losses["kl_boxes_per_image"] = torch.tensor(len(s_logits) / len(t_images))
-            loss = loss + losses["loss_rpn_pseudo"] + losses["loss_consistency"]
+            if adapting:
+                if it == tc.burn_in:  # end of burn-in: the teacher starts as a copy of the student
+                    teacher.reset(student)
+                # (b) teacher pseudo-labels on the target image (eval mode: never warped)
+                t_images = [x.to(info.device) for x in next(tgt_iter)[0]]
+                if uc.hflip:  # 2PCNet's mapper flips target images too (teacher and student see the same one)
+                    t_images = random_hflip(t_images, None, gens["flip"])[0]
+                with torch.no_grad():
+                    detections, t_il, t_feats = teacher.module.detect(t_images, return_features=True)
+                    pseudo = filter_detections(detections, uc.threshold)
+                # (c) student on the same target image, not warped; with uda.student_scale smaller (pseudo-labels
+                # scaled with it, the tiny ones dropped). Phase one: pseudo-labels train the RPN objectness (box
+                # regression weight 0) and are appended to the proposals (RoI sampling).
+                scale, min_area = student_scale(it, uc.student_scale, gens["scale"])
+                t_out = model(t_images, pseudo, warp=False, roi_loss=False, scale=scale, min_box_area=min_area)
+                losses["loss_rpn_pseudo"] = uc.rpn_weight * t_out.losses["loss_objectness"]
+                # Phase two: the teacher re-scores, on its own features of the target image, the proposals behind
+                # the student's detections (uda.consistency_boxes); weighted KL between the class distributions
+                s_logits, boxes = consistency_pairs(student, t_out, t_il, uc)
+                with torch.no_grad():
+                    t_logits = teacher.module.rescore(t_il, boxes, t_feats)
+                losses["loss_consistency"] = uc.consistency_weight * consistency_loss(s_logits, t_logits, uc.kl_reduction)
+                losses["pseudo_per_image"] = torch.tensor(sum(len(p["boxes"]) for p in pseudo) / len(pseudo))
+                losses["kl_boxes_per_image"] = torch.tensor(len(s_logits) / len(t_images))
+                loss = loss + losses["loss_rpn_pseudo"] + losses["loss_consistency"]
 
         # (d) backward and step
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at iteration {it}: lower train.lr")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        optimizer.step()
+        amp.backward(loss)
+        amp.step(optimizer, params, tc.grad_clip)  # fp16: unscaled before clipping
         scheduler.step()
         loss = loss.detach()
 

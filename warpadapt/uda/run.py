@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+from contextlib import nullcontext
 import random
 import signal
 import subprocess
@@ -32,7 +33,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import check_choice, check_range
 from .dist import DistInfo, all_gather_objects, barrier, setup_distributed
 
-__all__ = ["RunState", "StopSignal", "check_common", "log_values", "run_info", "start_run", "static_prior"]
+__all__ = ["MixedPrecision", "RunState", "StopSignal", "check_common", "log_values", "run_info", "start_run", "static_prior"]
 
 
 def start_run(cfg: DictConfig) -> tuple[DistInfo, Path, bool]:
@@ -91,6 +92,8 @@ def check_common(cfg: DictConfig) -> None:
     if cfg.eval.model == "teacher" and not cfg.uda.enabled:
         raise ValueError("config: eval.model: teacher needs uda.enabled=true (source-only training has no teacher)")
     check_choice(cfg, "warp.guidance", GUIDANCES)
+    if OmegaConf.select(cfg, "train.amp") is not None:
+        check_choice(cfg, "train.amp", MixedPrecision.MODES)
     size = cfg.data.image_size
     if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 32 for v in size):
         raise ValueError(f"config: data.image_size: expected [H, W] with ints >= 32, got {list(size)}")
@@ -126,6 +129,54 @@ def run_info(info: DistInfo | None = None) -> dict:
     return {"argv": sys.argv, "git": commit, "host": platform.node(), "python": platform.python_version(),
             "versions": versions, "devices": devices, "cuda": torch.version.cuda if cuda else None,
             "world_size": info.world_size}
+
+
+class MixedPrecision:
+    """``train.amp``: ``none`` (float32), ``bf16`` or ``fp16`` autocast of the training forwards, and for
+    fp16 a ``GradScaler`` whose gradients are unscaled before clipping. The warp's geometry stays float32
+    inside autocast (:func:`warpadapt.maps.autocast_off`). With ``none`` every call is the plain float32
+    one (``loss.backward()``, clipping, ``optimizer.step()``): the same numbers as without this class.
+    ``state_dict`` / ``load_state_dict``: the scaler's, for :class:`RunState`.
+
+    >>> net = torch.nn.Linear(4, 1); opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> amp = MixedPrecision("bf16", "cpu")
+    >>> with amp.autocast():
+    ...     out = net(torch.rand(2, 4))
+    >>> out.dtype
+    torch.bfloat16
+    >>> amp.backward(out.float().sum()); amp.step(opt, list(net.parameters()), clip=1.0)
+    """
+
+    MODES = ("none", "bf16", "fp16")
+
+    def __init__(self, mode: str, device) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"config: train.amp: expected one of {self.MODES}, got {mode!r}")
+        self.mode, self.device = mode, torch.device(device)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=mode == "fp16")
+
+    def autocast(self):
+        """The autocast region of a training forward (nothing for ``none``)."""
+        return nullcontext() if self.dtype is None else torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self, optimizer, params=(), clip: float = 0.0) -> None:
+        """Unscale (fp16), clip the gradient norm to ``clip`` (0: no clipping), step, update the scale."""
+        if clip:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.scaler.load_state_dict(state)
 
 
 def log_values(values: dict, info: DistInfo, step: int) -> dict[str, float]:
