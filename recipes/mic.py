@@ -243,6 +243,11 @@ def main(argv=None) -> dict:
             if info.is_main:
                 bar.write(f"step {done}: source mIoU {100 * metrics['source_miou']:.1f}, "
                           f"target mIoU {100 * metrics['target_miou']:.1f}")
+        if state.after_step(done, done % t.log_every == 0):  # train.checkpoint_every; SIGTERM / SIGUSR1: saved
+            break
+    if state.stopped:  # preempted: resume=true continues from the checkpoint just written
+        cleanup_distributed()
+        return {"stopped": state.stopped}
 
     # 7. final checkpoint, evaluation and outputs
     if start < t.iters:

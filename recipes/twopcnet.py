@@ -307,7 +307,12 @@ def main(argv=None):
             src, tgt = evaluate(step)
             logger.log(step, "eval", source_map50=src["mAP50"], target_map50=tgt["mAP50"])
             state.save(step)
+        if state.after_step(step, step % tc.log_every == 0):  # train.checkpoint_every; SIGTERM / SIGUSR1: saved
+            break
     bar.close()
+    if state.stopped:  # preempted: resume=true continues from the checkpoint just written
+        cleanup_distributed()
+        return {"stopped": state.stopped}
 
     # ------------------------------------------------------------------ final evaluation and outputs
     if start < tc.iters:

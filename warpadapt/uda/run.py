@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def check_common(cfg: DictConfig) -> None:
                 "data.train_images", "data.val_images", "warp.prior_images"):
         if OmegaConf.select(cfg, key) is not None or key == "train.iters":
             check_range(cfg, key, 1, integer=True)
-    for key in ("train.warmup", "eval.every", "threads", "data.workers"):
+    for key in ("train.warmup", "train.checkpoint_every", "eval.every", "threads", "data.workers"):
         if OmegaConf.select(cfg, key) is not None:
             check_range(cfg, key, 0, integer=True)
     check_range(cfg, "train.seed", None, integer=True)
@@ -318,6 +319,28 @@ class RunState:
             if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
                 raise TypeError(f"{name}: expected an object with state_dict() / load_state_dict(), got {type(obj).__name__}")
         self.objects = objects
+        self.checkpoint_every = int(OmegaConf.select(cfg, "train.checkpoint_every", default=0) or 0)
+        self.stop = StopSignal()  # the handlers are put back when this state goes away (or after a stop)
+        weakref.finalize(self, self.stop.close)
+        self.stopped: int | None = None  # the step a signal stopped the run at
+        self._saved: int | None = None
+
+    def after_step(self, step: int, check_signal: bool) -> bool:
+        """Preemption, called after every step: save every ``train.checkpoint_every`` steps (independent of
+        evaluation), and when ``check_signal`` (the recipe's logging steps: the check is one collective)
+        and any rank got SIGTERM / SIGUSR1, save and return True: the recipe stops; ``resume=true``
+        continues exactly from there."""
+        if self.checkpoint_every and step % self.checkpoint_every == 0:
+            self.save(step)
+        if check_signal and self.stop.requested(self.info):
+            if self._saved != step:
+                self.save(step)
+            self.stopped = step
+            self.stop.close()
+            if self.info.is_main:
+                print(f"stopped by a signal after step {step}: checkpoint {self.path}; continue with resume=true")
+            return True
+        return False
 
     def save(self, step: int) -> None:
         rngs = all_gather_objects({"global": rng_state(),
@@ -328,6 +351,7 @@ class RunState:
                          config=OmegaConf.to_container(self.cfg, resolve=True))
             save_checkpoint(self.path, state)
         barrier()
+        self._saved = int(step)
 
     def load(self) -> int:
         """Restore everything from :attr:`path`; returns the step it was saved at."""
