@@ -52,7 +52,7 @@ from warpadapt.uda.ema import EMATeacher, dacs_keep_rate
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.mix import MASK_MODES, classmix_masks, mask_images, mic_batch, mix, patch_mask, strong_augment
 from warpadapt.uda.rcs import RareClassSampler, class_pixel_counts
-from warpadapt.uda.run import MixedPrecision, RunState, check_common, start_run, static_prior
+from warpadapt.uda.run import MixedPrecision, RunState, check_common, peak_memory_mb, start_run, static_prior
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)  # the 19 Cityscapes train ids
 
@@ -257,6 +257,7 @@ def main(argv=None) -> dict:
     final = {"iters": t.iters, "evaluated": "teacher" if evaluated is teacher.module else "student", **metrics,
              "seconds_per_iter": train_seconds / max(1, t.iters - start),
              "cpu_seconds_per_iter": cpu_seconds / max(1, t.iters - start), "world_size": info.world_size,
+             "peak_memory_mb": peak_memory_mb(info),
              "eval_seconds": time.perf_counter() - tic, "target_split": cfg.eval.target_split}
     if info.is_main:
         if start < t.iters:  # a finished run resumed again: its final eval is already logged

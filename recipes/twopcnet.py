@@ -39,7 +39,7 @@ from warpadapt.uda.evaluate import evaluate_detection
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.nightaug import night_aug, random_hflip
 from warpadapt.uda.pseudo import filter_detections
-from warpadapt.uda.run import MixedPrecision, RunState, check_common, start_run, static_prior
+from warpadapt.uda.run import MixedPrecision, RunState, check_common, peak_memory_mb, start_run, static_prior
 
 
 #: 2PCNet's student-scale curriculum (``uda.student_scale``): the values a mapping may leave out.
@@ -213,8 +213,9 @@ def main(argv=None):
     optimizer, scheduler = optimizer_and_schedule(tc, params)
     amp = MixedPrecision(tc.amp, info.device)
     # this rank's seeded generators, saved with the run: NightAug, flips (uda.hflip), student scale
-    gens = {name: torch.Generator().manual_seed(tc.seed * 1000 + info.rank + 100_000 * k)
-            for k, name in enumerate(("nightaug", "flip", "scale"))}
+    # (NightAug and flips draw on the images' device, so their generators live there; the scale is a host number)
+    gens = {name: torch.Generator("cpu" if name == "scale" else info.device).manual_seed(
+        tc.seed * 1000 + info.rank + 100_000 * k) for k, name in enumerate(("nightaug", "flip", "scale"))}
 
     # ------------------------------------------------------------------ resume
     state = RunState(out_dir / "last.pt", info, cfg, generators=gens, student=student, teacher=teacher, amp=amp,
@@ -330,7 +331,7 @@ def main(argv=None):
              "cpu_seconds_per_iter": cpu_time / n_timed if n_timed else math.nan,  # all threads
              "evaluated": "teacher" if evaluated(tc.iters) is teacher.module else "student",
              "guidance": cfg.warp.guidance, "warp_stage": cfg.warp.stage, "uda": bool(uc.enabled),
-             "world_size": info.world_size, "eval_images": cfg.eval.max_images,
+             "world_size": info.world_size, "eval_images": cfg.eval.max_images, "peak_memory_mb": peak_memory_mb(info),
              "eval_seconds": t_eval, "target_split": cfg.eval.target_split}
     logger.write_json("final.json", final)
     logger.plot()

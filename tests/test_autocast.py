@@ -39,11 +39,11 @@ def test_maps_and_inverse_are_identical_under_bf16_autocast_at_full_resolution()
     assert fx.dtype == torch.float32 and fx[0].unique().numel() == 2048  # every column distinct
 
 
-def test_features_keep_the_autocast_dtype_and_match_the_float32_unwarp():
+def test_features_keep_the_autocast_dtype_and_match_the_float32_unwarp(device):
     sw, unwarp = SaliencyWarp(), FeatureUnwarp()
-    _, w = sw(torch.rand(2, 3, 256, 512), [b / 4 for b in BOXES])
-    feats = torch.rand(2, 8, 64, 128).to(torch.bfloat16)
-    with bf16():
+    _, w = sw(torch.rand(2, 3, 256, 512, device=device), [(b / 4).to(device) for b in BOXES])
+    feats = torch.rand(2, 8, 64, 128, device=device).to(torch.bfloat16)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         out = unwarp(feats, w)
         direct = resample(feats, *w.axes((64, 128), inverse=True))
     ref = unwarp(feats.float(), w).to(torch.bfloat16)

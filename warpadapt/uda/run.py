@@ -34,7 +34,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import check_choice, check_range
 from .dist import DistInfo, all_gather_objects, barrier, setup_distributed
 
-__all__ = ["MixedPrecision", "RunState", "StopSignal", "check_common", "log_values", "run_info", "start_run", "static_prior"]
+__all__ = ["MixedPrecision", "RunState", "StopSignal", "peak_memory_mb", "check_common", "log_values", "run_info", "start_run", "static_prior"]
 
 
 def start_run(cfg: DictConfig) -> tuple[DistInfo, Path, bool]:
@@ -130,6 +130,20 @@ def run_info(info: DistInfo | None = None) -> dict:
     return {"argv": sys.argv, "git": commit, "host": platform.node(), "python": platform.python_version(),
             "versions": versions, "devices": devices, "cuda": torch.version.cuda if cuda else None,
             "world_size": info.world_size}
+
+
+def peak_memory_mb(info: DistInfo | None = None) -> float:
+    """Peak memory of this process in MiB: the CUDA allocator's peak on a GPU, else the peak resident set.
+
+    >>> peak_memory_mb() > 0
+    True
+    """
+    info = info or DistInfo()
+    if info.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(info.device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 class MixedPrecision:
