@@ -135,6 +135,18 @@ _MMSEG_BLOCK = {"attn.attn.out_proj.": "attn.proj.", "ffn.layers.0.": "mlp.fc1."
                 "ffn.layers.4.": "mlp.fc2."}
 
 
+#: NVlabs (``patch_embed1``, ``block1.0``, ``norm1``) and mmseg ``mit.py`` (``layers.i.0`` embedding, ``layers.i.2``
+#: norm) names that map one to one; mmseg's blocks (``layers.i.1.j``) need the rules in the function.
+_SEGFORMER_RENAMES = (
+    (r"patch_embed(\d)\.(.*)", lambda m: f"{_embed(int(m[1]) - 1)}.{m[2]}"),
+    (r"block(\d)\.(\d+)\.(.*)",
+     lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.{m[3].replace('mlp.dwconv.dwconv.', 'mlp.dwconv.')}"),
+    (r"norm(\d)\.(.*)", lambda m: f"stages.{int(m[1]) - 1}.norm.{m[2]}"),
+    (r"layers\.(\d+)\.0\.(.*)", lambda m: f"{_embed(int(m[1]))}.{m[2].replace('projection.', 'proj.')}"),
+    (r"layers\.(\d+)\.2\.(.*)", lambda m: f"stages.{m[1]}.norm.{m[2]}"),
+)
+
+
 def segformer_to_timm(state_dict: Mapping) -> dict:
     """A SegFormer MiT (or original PVT-v2) state dict, NVlabs or mmseg ``mit.py`` names, onto timm's
     ``pvt_v2_b*``.
@@ -163,25 +175,9 @@ def segformer_to_timm(state_dict: Mapping) -> dict:
     """
     out = {}
     for k, v in state_dict.items():
-        m = re.match(r"patch_embed(\d)\.(.*)", k)
-        if m:
-            out[f"{_embed(int(m[1]) - 1)}.{m[2]}"] = v
-            continue
-        m = re.match(r"block(\d)\.(\d+)\.(.*)", k)
-        if m:
-            out[f"stages.{int(m[1]) - 1}.blocks.{m[2]}.{m[3].replace('mlp.dwconv.dwconv.', 'mlp.dwconv.')}"] = v
-            continue
-        m = re.match(r"norm(\d)\.(.*)", k)
-        if m:
-            out[f"stages.{int(m[1]) - 1}.norm.{m[2]}"] = v
-            continue
-        m = re.match(r"layers\.(\d+)\.0\.(.*)", k)
-        if m:
-            out[f"{_embed(int(m[1]))}.{m[2].replace('projection.', 'proj.')}"] = v
-            continue
-        m = re.match(r"layers\.(\d+)\.2\.(.*)", k)
-        if m:
-            out[f"stages.{m[1]}.norm.{m[2]}"] = v
+        renamed = next((rename(m) for pattern, rename in _SEGFORMER_RENAMES if (m := re.match(pattern, k))), None)
+        if renamed is not None:
+            out[renamed] = v
             continue
         m = re.match(r"layers\.(\d+)\.1\.(\d+)\.(.*)", k)
         if m:
