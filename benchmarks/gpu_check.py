@@ -8,7 +8,7 @@ precision (``train.amp`` none and bf16, and fp16 on CUDA) it trains a few dozen 
 recipe's own ``main`` on ``--device`` and prints: seconds per iteration, images per second, peak memory,
 and host-device syncs per training step. Syncs are counted by patching the Python entry points that
 read a tensor on the host (``Tensor.item``, ``tolist``, ``__bool__``, ``__float__``, ``__int__``,
-``nonzero``) during two runs of N and 2N iterations: (count(2N) - count(N)) / N is the per-step number,
+``nonzero``; on CUDA only those of CUDA tensors, on the CPU all but the optimisers' CPU step counters) during two runs of N and 2N iterations: (count(2N) - count(N)) / N is the per-step number,
 set-up and evaluation cancelling out. On CUDA the runs are also made under
 ``torch.cuda.set_sync_debug_mode("warn")`` (PyTorch then warns at every sync it sees, including ones
 the Python patch cannot). Then the wrapped / bare train-step ratio (forward + backward, best of 5,
@@ -39,14 +39,23 @@ SYNC_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "nonzero")
 
 
 @contextlib.contextmanager
-def count_syncs():
-    """Count the calls of the Tensor methods that read a value on the host (the CPU-visible syncs)."""
+def count_syncs(device: str = "cpu"):
+    """Count the calls of the Tensor methods that read a value on the host: on CUDA those on CUDA tensors
+    (a read of a CPU tensor is no sync); on the CPU every one except the optimisers' own reads of their CPU
+    step counters (``torch.optim``: CPU tensors on a GPU run too), i.e. what would sync on a GPU."""
     counts = {"n": 0}
     saved = {m: getattr(torch.Tensor, m) for m in SYNC_METHODS}
+    cuda = str(device).startswith("cuda")
 
     def counting(fn):
         def wrapper(self, *args, **kwargs):
-            counts["n"] += 1
+            if cuda:
+                counts["n"] += int(self.is_cuda)
+            else:
+                frame, depth = sys._getframe(1), 0
+                while frame is not None and depth < 4 and "torch/optim" not in frame.f_code.co_filename:
+                    frame, depth = frame.f_back, depth + 1
+                counts["n"] += int(frame is None or depth == 4)
             return fn(self, *args, **kwargs)
         return wrapper
 
@@ -71,7 +80,7 @@ def run_recipe(name: str, device: str, amp: str, iters: int, tiny: bool, out: Pa
             "eval.every=0", "train.log_every=1000", *(TINY if tiny else FULL)[name]]
     if name == "mic":
         args.append(f"train.schedule_iters={iters}")
-    with count_syncs() as counts:
+    with count_syncs(device) as counts:
         final = recipe_main(name)(args)
     return final, counts["n"]
 

@@ -52,7 +52,8 @@ from warpadapt.uda.ema import EMATeacher, dacs_keep_rate
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.mix import MASK_MODES, classmix_masks, mask_images, mic_batch, mix, patch_mask, strong_augment
 from warpadapt.uda.rcs import RareClassSampler, class_pixel_counts
-from warpadapt.uda.run import MixedPrecision, RunState, check_common, peak_memory_mb, start_run, static_prior
+from warpadapt.uda.run import (MixedPrecision, RunState, check_common, log_values, peak_memory_mb, start_run,
+                               static_prior)
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)  # the 19 Cityscapes train ids
 
@@ -187,7 +188,7 @@ def main(argv=None) -> dict:
         with amp.autocast():
             loss_src = weighted_ce(student(x_s, boxes=[b.to(dev) for b in src["boxes"]]), y_s, 1.0)
         amp.backward(loss_src)
-        logs = {"loss_src": loss_src.item()}
+        logs = {"loss_src": loss_src.detach()}  # tensors: read on the host at logging steps only
 
         # train.bn_stats=source: the self-training forwards (ClassMix collages, masked images) normalise
         # with their batch statistics but leave BatchNorm's running ones (evaluation's) alone
@@ -212,7 +213,7 @@ def main(argv=None) -> dict:
                 with amp.autocast():
                     loss_mix = weighted_ce(student(strong_augment(x_mix, gen, **aug)), y_mix, w_mix)
                 amp.backward(loss_mix)
-                logs.update(loss_mix=loss_mix.item(), q=q.item())
+                logs.update(loss_mix=loss_mix.detach(), q=q)
 
                 # (d) MIC: the mask mode's images (colour-augmented in the ...aug modes), masked pixels = the mean
                 if u.mic:
@@ -222,7 +223,7 @@ def main(argv=None) -> dict:
                     with amp.autocast():
                         loss_mic = u.mic_weight * weighted_ce(student(mask_images(x_m, keep, model.mean)), y_m, w_m)
                     amp.backward(loss_mic)
-                    logs["loss_mic"] = loss_mic.item()
+                    logs["loss_mic"] = loss_mic.detach()
 
         # (e) step, then the EMA teacher with the DACS schedule (DAFormer: alpha of iteration step + 1)
         amp.step(opt)
@@ -234,6 +235,7 @@ def main(argv=None) -> dict:
         # (f) log / evaluate / checkpoint
         done = step + 1
         if done % t.log_every == 0 or done == t.iters:
+            logs = log_values(logs, info, done)  # one collective + one host read; a non-finite loss stops every rank
             logger.log(done, "train", lr=opt.param_groups[0]["lr"], **logs)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
         if cfg.eval.every and done % cfg.eval.every == 0 and done < t.iters:
@@ -268,6 +270,7 @@ def main(argv=None) -> dict:
             save_predictions(student, tgt_val, cfg.eval.pictures, out / "predictions.png", dev)
         print(f"source mIoU {100 * final['source_miou']:.1f}  target mIoU {100 * final['target_miou']:.1f}  "
               f"{final['seconds_per_iter']:.3f} s/iter  -> {out}")
+    state.stop.close()  # SIGTERM / SIGUSR1 handlers back to what they were
     cleanup_distributed()
     return final
 

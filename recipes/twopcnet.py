@@ -39,7 +39,8 @@ from warpadapt.uda.evaluate import evaluate_detection
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.nightaug import night_aug, random_hflip
 from warpadapt.uda.pseudo import filter_detections
-from warpadapt.uda.run import MixedPrecision, RunState, check_common, peak_memory_mb, start_run, static_prior
+from warpadapt.uda.run import (MixedPrecision, RunState, check_common, log_values, peak_memory_mb, start_run,
+                               static_prior)
 
 
 #: 2PCNet's student-scale curriculum (``uda.student_scale``): the values a mapping may leave out.
@@ -281,8 +282,6 @@ def main(argv=None):
                 loss = loss + losses["loss_rpn_pseudo"] + losses["loss_consistency"]
 
         # (d) backward and step
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at iteration {it}: lower train.lr")
         optimizer.zero_grad(set_to_none=True)
         amp.backward(loss)
         amp.step(optimizer, params, tc.grad_clip)  # fp16: unscaled before clipping
@@ -299,11 +298,11 @@ def main(argv=None):
         cpu_time += time.process_time() - c0
         n_timed += 1
         lr = optimizer.param_groups[0]["lr"]
-        if info.is_main and (step % tc.log_every == 0 or step == tc.iters):
-            scalars = {k: float(v.detach()) for k, v in losses.items()}
-            logger.log(step, "train", loss=float(loss), lr=lr, seconds_per_iter=train_time / n_timed, **scalars)
+        if step % tc.log_every == 0 or step == tc.iters:  # the only host read of the losses (non-finite: stop)
+            scalars = log_values({"loss": loss, **losses}, info, step)  # every rank; averaged over ranks
+            logger.log(step, "train", lr=lr, seconds_per_iter=train_time / n_timed, **scalars)
             shown = {k[5:]: f"{v:.3f}" for k, v in scalars.items() if k.startswith("loss_")}
-            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.2g}", **shown)
+            bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{lr:.2g}", **shown)
         if cfg.eval.every and step % cfg.eval.every == 0 and step < tc.iters:
             src, tgt = evaluate(step)
             logger.log(step, "eval", source_map50=src["mAP50"], target_map50=tgt["mAP50"])
@@ -333,6 +332,7 @@ def main(argv=None):
              "guidance": cfg.warp.guidance, "warp_stage": cfg.warp.stage, "uda": bool(uc.enabled),
              "world_size": info.world_size, "eval_images": cfg.eval.max_images, "peak_memory_mb": peak_memory_mb(info),
              "eval_seconds": t_eval, "target_split": cfg.eval.target_split}
+    state.stop.close()  # SIGTERM / SIGUSR1 handlers back to what they were
     logger.write_json("final.json", final)
     logger.plot()
     if info.is_main:

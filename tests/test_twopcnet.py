@@ -102,7 +102,7 @@ def test_resume_gives_identical_weights_and_metrics(tmp_path):
         for k in ca[part]:
             assert torch.equal(ca[part][k], cb[part][k]), (part, k)
     fa, fb = (json.loads((d / "final.json").read_text()) for d in (a, b))  # NaN -> null: comparable
-    drop = {"seconds_per_iter", "cpu_seconds_per_iter", "eval_seconds"}
+    drop = {"seconds_per_iter", "cpu_seconds_per_iter", "eval_seconds", "peak_memory_mb"}
     assert {k: v for k, v in fa.items() if k not in drop} == {k: v for k, v in fb.items() if k not in drop}
     steps = [json.loads(x)["step"] for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps.count(6) == 2  # one train + one eval record at 6, no duplicates

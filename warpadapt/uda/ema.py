@@ -115,16 +115,19 @@ class EMATeacher(nn.Module):
         """
         if not 0.0 <= float(keep_rate) <= 1.0:
             raise ValueError(f"keep_rate: expected a number in [0, 1], got {keep_rate}")
-        student = unwrap(student)
+        student, w = unwrap(student), 1.0 - float(keep_rate)
         t_params = dict(self.module.named_parameters())
-        for name, p in student.named_parameters():
-            t_params[name].lerp_(p.detach().to(t_params[name].dtype), 1.0 - float(keep_rate))
+        pairs = [(t_params[name], p.detach().to(t_params[name].dtype)) for name, p in student.named_parameters()]
+        if pairs:  # one fused multi-tensor lerp (torch._foreach_*): the same numbers as a lerp_ per tensor
+            torch._foreach_lerp_([t for t, _ in pairs], [s for _, s in pairs], w)
         if self.buffers_mode == "none":
             return
         t_bufs = dict(self.module.named_buffers())
+        ema, copied = [], []
         for name, b in student.named_buffers():
             tb = t_bufs[name]
-            if self.buffers_mode == "ema" and tb.is_floating_point():
-                tb.lerp_(b.to(tb.dtype), 1.0 - float(keep_rate))
-            else:
-                tb.copy_(b)
+            (ema if self.buffers_mode == "ema" and tb.is_floating_point() else copied).append((tb, b.to(tb.dtype)))
+        if ema:
+            torch._foreach_lerp_([t for t, _ in ema], [s for _, s in ema], w)
+        if copied:
+            torch._foreach_copy_([t for t, _ in copied], [s for _, s in copied])
