@@ -71,14 +71,12 @@ def _burn_in(recipe: str, seed: int, runs: Path, extra: list[str]) -> Path | Non
 
 
 def _config_value(recipe: str, key: str, extra: list[str]):
-    sys.path.insert(0, str(ROOT))
+    from omegaconf import OmegaConf
+
     from warpadapt.uda.config import load_config
 
     cfg = load_config(ROOT / "recipes" / f"{recipe}.py", ["--config", CONFIG[recipe], *extra], default=CONFIG[recipe])
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
+    return OmegaConf.select(cfg, key)
 
 
 def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str]) -> dict:

@@ -254,6 +254,8 @@ class StopSignal:
         self.received = signum
 
     def requested(self, info: DistInfo) -> bool:
+        if not info.enabled:  # one process: no collective, no device round trip
+            return self.received is not None
         flag = torch.tensor([1.0 if self.received is not None else 0.0], device=info.device)
         if info.enabled:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
