@@ -179,3 +179,28 @@ def test_map_bad_input():
         detection_map([_p([[0, 0, 10, 10]], [0.9], [2])], t, ["car"])
     with pytest.raises(ValueError, match="differ in length"):
         detection_map([_p([[0, 0, 10, 10]], [0.9, 0.8], [1])], t, ["car"])
+
+
+def test_evaluation_reads_through_worker_processes_with_the_same_numbers():
+    """num_workers > 0: the items come from DataLoader workers; the metrics equal the in-process ones."""
+    from warpadapt.uda.evaluate import evaluate_detection, evaluate_segmentation
+
+    class Copy(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([1 - x[:, :1], x[:, :1]], 1)
+
+    class Boxes(torch.nn.Module):
+        def forward(self, images):
+            return [{"boxes": torch.tensor([[1., 1., float(im.shape[-1] - 1), 5.]]), "scores": im.mean().reshape(1),
+                     "labels": torch.ones(1, dtype=torch.long)} for im in images]
+
+    g = torch.Generator().manual_seed(0)
+    seg = [{"image": torch.rand(3, 6, 8, generator=g), "semantic": torch.randint(0, 2, (6, 8), generator=g)} for _ in range(5)]
+    det = [{"image": torch.rand(3, 6, 8 + i, generator=g), "boxes": torch.tensor([[1., 1., 7., 5.]]),
+            "labels": torch.tensor([1])} for i in range(5)]
+    a = evaluate_segmentation(Copy(), seg, 2, batch_size=2)
+    b = evaluate_segmentation(Copy(), seg, 2, batch_size=2, num_workers=2)
+    assert a["miou"] == b["miou"] and torch.equal(torch.as_tensor(a["iou"]), torch.as_tensor(b["iou"]))
+    assert evaluate_detection(Boxes(), det, ["car"], batch_size=2) == evaluate_detection(Boxes(), det, ["car"], batch_size=2, num_workers=2)
+    with pytest.raises(ValueError, match="num_workers"):
+        evaluate_segmentation(Copy(), seg, 2, num_workers=-1)

@@ -213,3 +213,66 @@ def test_log_values_and_stop_signal_agree_on_every_rank(tmp_path):
     assert r0["mean"] == r1["mean"] == 1.5
     assert r0["error"] == r1["error"] and "loss is nan at step 7" in r0["error"]
     assert r0["stop"] is True and r1["stop"] is True
+
+
+def _two_ranks_ddp(rank, port, out):
+    import os
+
+    import torch.distributed as dist
+
+    from warpadapt.uda.dist import grad_sync, rank0_buffers, wrap_ddp
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    info = DistInfo(rank=rank, world_size=2, enabled=True)
+    torch.manual_seed(rank)  # different initial weights: DDP must start every rank from rank 0's
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ddp = wrap_ddp(net, info)
+    x1, x2 = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(10 + rank))
+    with grad_sync(ddp, sync=False):  # first backward: accumulated on this rank only
+        ddp(x1).pow(2).sum().backward()
+    local = [p.grad.clone() for p in net.parameters()]
+    with grad_sync(ddp, sync=True):  # last backward: one all-reduce of the sum
+        ddp(x2).pow(2).sum().backward()
+    result = {"local": local, "grads": [p.grad.clone() for p in net.parameters()],
+              "weights": [p.detach().clone() for p in net.parameters()], "own_mean": net[1].running_mean.clone()}
+    with rank0_buffers(net, info=info):
+        result["inside_mean"] = net[1].running_mean.clone()
+    result["after_mean"] = net[1].running_mean.clone()
+    # RunState: every rank's own buffers come back on resume (the state dicts hold rank 0's)
+    state = RunState(out / "last.pt", info, OmegaConf.create({"train": {"seed": 0}}), model=net)
+    state.save(5)
+    with torch.no_grad():
+        net[1].running_mean.fill_(-9.0)
+    state.load()
+    result["resumed_mean"] = net[1].running_mean.clone()
+    dist.destroy_process_group()
+    torch.save(result, out / f"ddp{rank}.pt")
+
+
+def test_ddp_grad_sync_rank0_buffers_and_per_rank_buffers(tmp_path):
+    """Two gloo processes: under grad_sync(sync=False) gradients stay local, the last (synced) backward
+    all-reduces the sum of both passes (mean over ranks); rank0_buffers shows rank 0's BatchNorm
+    statistics inside and gives each rank its own back; RunState restores each rank's own buffers."""
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_ranks_ddp, args=(port, tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"ddp{r}.pt") for r in (0, 1))
+    assert all(torch.equal(a, b) for a, b in zip(r0["weights"], r1["weights"]))  # rank 0's initial weights
+    assert not torch.allclose(r0["local"][0], r1["local"][0])  # the first backward was not all-reduced
+    # reference: one process, both ranks' losses of both passes, gradients averaged over the 2 ranks
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for p, w in zip(net.parameters(), r0["weights"]):
+            p.copy_(w)
+    for rank in (0, 1):
+        x1, x2 = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(10 + rank))
+        ((net(x1).pow(2).sum() + net(x2).pow(2).sum()) / 2).backward()
+    for ref, g0, g1 in zip((p.grad for p in net.parameters()), r0["grads"], r1["grads"]):
+        assert torch.allclose(g0, ref, atol=1e-5) and torch.equal(g0, g1)
+    assert not torch.equal(r0["own_mean"], r1["own_mean"])  # broadcast_buffers=False: each rank's own statistics
+    assert torch.equal(r1["inside_mean"], r0["own_mean"]) and torch.equal(r1["after_mean"], r1["own_mean"])
+    assert torch.equal(r0["resumed_mean"], r0["own_mean"]) and torch.equal(r1["resumed_mean"], r1["own_mean"])

@@ -7,7 +7,9 @@ one code path.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "barrier", "all_reduce_mean",
-           "all_gather_objects", "wrap_ddp", "unwrap"]
+           "all_gather_objects", "wrap_ddp", "unwrap", "grad_sync", "rank0_buffers", "weights_digest"]
 
 
 @dataclass(frozen=True)
@@ -121,17 +123,97 @@ def all_gather_objects(obj: Any) -> list:
     return out
 
 
-def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool = False) -> nn.Module:
+def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool = False,
+             broadcast_buffers: bool = False) -> nn.Module:
     """``DistributedDataParallel(model)`` when distributed, else ``model`` itself.
+
+    ``broadcast_buffers=False`` (PyTorch's default is True): DDP does not copy rank 0's buffers (BatchNorm
+    running statistics) to every rank before each forward, which for a recipe with several forwards per
+    step is one broadcast per forward. Each rank's running statistics follow its own batches instead
+    (what they are for in training: BatchNorm normalises with the batch's statistics either way); the
+    recipes evaluate under :func:`rank0_buffers`, save every rank's buffers with the run
+    (:class:`~warpadapt.uda.run.RunState`), and ``model.norm=sync`` makes them global.
 
     >>> m = nn.Linear(2, 2); wrap_ddp(m, DistInfo()) is m
     True
     """
     if not info.enabled:
         return model
+    import inspect
+
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids,
-                                               find_unused_parameters=find_unused_parameters)
+    # newer PyTorch renames the switch (forward_sync_buffers; rank 0's buffers still reach every rank at init)
+    new_name = "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    sync = {"forward_sync_buffers" if new_name else "broadcast_buffers": broadcast_buffers}
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters, **sync)
+    with torch.no_grad():  # every rank starts from rank 0's buffers whatever the version does at init
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
+    return ddp
+
+
+def grad_sync(model: nn.Module, sync: bool):
+    """The context of one forward + backward of a step with several: ``sync=False`` keeps DDP from
+    all-reducing the gradients (``model.no_sync()``: they accumulate on this rank), ``sync=True`` (the
+    step's LAST backward) all-reduces the accumulated sum once. A no-op for a module that is not DDP.
+
+    >>> m = nn.Linear(2, 1)
+    >>> with grad_sync(m, sync=False):
+    ...     m(torch.ones(1, 2)).sum().backward()
+    >>> m.weight.grad.tolist()
+    [[1.0, 1.0]]
+    """
+    if sync or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return nullcontext()
+    return model.no_sync()
+
+
+@contextmanager
+def rank0_buffers(*modules: nn.Module, info: DistInfo):
+    """Inside: every rank's ``modules`` hold rank 0's buffers (BatchNorm running statistics); on exit each
+    rank gets its own back. Evaluation runs in here, so a sharded evaluation scores ONE model (rank 0's,
+    the one the checkpoint holds) and the training state of the other ranks is left as it was (a
+    resumed run stays exact). A no-op in a single process.
+
+    >>> bn = nn.BatchNorm1d(2)
+    >>> with rank0_buffers(bn, info=DistInfo()):
+    ...     bn.running_mean.tolist()
+    [0.0, 0.0]
+    """
+    if not info.enabled:
+        yield
+        return
+    bufs = [b for m in modules for b in unwrap(m).buffers()]
+    own = [b.detach().clone() for b in bufs]
+    with torch.no_grad():
+        for b in bufs:
+            dist.broadcast(b, src=0)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, o in zip(bufs, own):
+                b.copy_(o)
+
+
+def weights_digest(module: nn.Module, buffers: bool = False) -> str:
+    """SHA-256 of a module's parameters (and buffers if asked), names and exact bytes in order: equal
+    digests mean bit-identical weights (the ranks of a DDP run must agree). Reads every tensor on the
+    host: call it at the end of a run, not per step.
+
+    >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    >>> _ = b.load_state_dict(a.state_dict()); weights_digest(a) == weights_digest(b)
+    True
+    >>> with torch.no_grad(): _ = b.weight.view(-1)[0].add_(1e-7)
+    >>> weights_digest(a) == weights_digest(b)
+    False
+    """
+    h = hashlib.sha256()
+    named = list(unwrap(module).named_parameters()) + (list(unwrap(module).named_buffers()) if buffers else [])
+    for name, t in named:
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

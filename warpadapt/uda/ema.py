@@ -75,6 +75,9 @@ class EMATeacher(nn.Module):
             raise ValueError(f"buffers: expected 'ema', 'copy' or 'none', got {buffers!r}")
         if mode not in ("eval", "train"):
             raise ValueError(f"mode: expected 'eval' or 'train', got {mode!r}")
+        if any(getattr(m, "_compiled_call_impl", None) is not None for m in unwrap(student).modules()):
+            raise ValueError("student: make the teacher before compiling the student (a copy of a compiled "
+                             "module runs the student's compiled forward); compile the teacher's module after")
         self.buffers_mode, self.mode = buffers, mode
         self.module = copy.deepcopy(unwrap(student))
         self._stochastic = _stochastic_layers(self.module)

@@ -43,11 +43,23 @@ def _batches(indices: list[int], batch_size: int):
         yield indices[i:i + batch_size]
 
 
+def _items(dataset, chunks: list[list[int]], num_workers: int, device):
+    """The items of each chunk, as lists: read in this process (``num_workers=0``) or by a DataLoader's
+    worker processes while the model runs (pinned memory on CUDA)."""
+    if num_workers < 0:
+        raise ValueError(f"num_workers: expected an int >= 0, got {num_workers}")
+    if num_workers == 0:
+        return ([dataset[i] for i in chunk] for chunk in chunks)
+    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=chunks, collate_fn=list, num_workers=num_workers,
+                                            pin_memory=torch.device(device).type == "cuda"))
+
+
 @torch.no_grad()
 def evaluate_detection(model: nn.Module, dataset, classes: Sequence[str], *, device="cpu",
                        batch_size: int = 4, max_images: int | None = None, info: DistInfo | None = None,
-                       progress: bool = False) -> dict:
-    """COCO metrics of ``model`` on ``dataset`` (see :func:`warpadapt.eval.detection_map`).
+                       progress: bool = False, num_workers: int = 0) -> dict:
+    """COCO metrics of ``model`` on ``dataset`` (see :func:`warpadapt.eval.detection_map`); ``num_workers``
+    processes read the items while the model runs (0: read in this process).
 
     ``model(list of (3, H, W) images)`` in eval mode must return one torchvision-style dict per image
     (``boxes`` xyxy in that image's pixels, ``scores``, ``labels`` in 1..K).
@@ -66,11 +78,11 @@ def evaluate_detection(model: nn.Module, dataset, classes: Sequence[str], *, dev
     model.eval()
     preds, targets = [], []
     indices = _shard(dataset, max_images, info)
-    bar = tqdm(list(_batches(indices, batch_size)), desc="eval", leave=False,
+    chunks = list(_batches(indices, batch_size))
+    bar = tqdm(_items(dataset, chunks, num_workers, device), total=len(chunks), desc="eval", leave=False,
                disable=not (progress and info.is_main))
-    for chunk in bar:
-        items = [dataset[i] for i in chunk]
-        out = model([it["image"].to(device) for it in items])
+    for items in bar:
+        out = model([it["image"].to(device, non_blocking=True) for it in items])
         for it, p in zip(items, out):
             preds.append({k: p[k].detach().cpu() for k in ("boxes", "scores", "labels")})
             targets.append({"boxes": it["boxes"], "labels": it["labels"]})
@@ -177,14 +189,15 @@ def segmentation_logits(model: nn.Module, images: torch.Tensor, size=None, *, mo
 def evaluate_segmentation(model: nn.Module, dataset, num_classes: int, *, device="cpu",
                           batch_size: int = 4, max_images: int | None = None,
                           info: DistInfo | None = None, ignore_index: int = 255,
-                          progress: bool = False, mode: str = "whole", crop_size=None, stride=None) -> dict:
+                          progress: bool = False, mode: str = "whole", crop_size=None, stride=None,
+                          num_workers: int = 0) -> dict:
     """Confusion-matrix metrics (``miou``, per-class ``iou``, ``pixel_acc`` ...) of ``model``.
 
     ``model(images (B, 3, H, W))`` in eval mode must return logits (B, K, h, w); they are upsampled
     bilinearly to the label size (which may differ from the image's: labels at their own resolution)
     before the argmax. ``mode``, ``crop_size``, ``stride``: see :func:`segmentation_logits` (``"slide"``
     runs windows of ``crop_size`` every ``stride``). Items whose image and label sizes differ from their
-    batch's are evaluated one by one.
+    batch's are evaluated one by one. ``num_workers`` processes read the items while the model runs.
 
     >>> class Copy(nn.Module):  # "predicts" class 1 where the red channel is bright
     ...     def forward(self, x):
@@ -201,15 +214,15 @@ def evaluate_segmentation(model: nn.Module, dataset, num_classes: int, *, device
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     indices = _shard(dataset, max_images, info)
-    bar = tqdm(list(_batches(indices, batch_size)), desc="eval", leave=False,
+    chunks = list(_batches(indices, batch_size))
+    bar = tqdm(_items(dataset, chunks, num_workers, device), total=len(chunks), desc="eval", leave=False,
                disable=not (progress and info.is_main))
-    for chunk in bar:
-        items = [dataset[i] for i in chunk]
+    for items in bar:
         same = len({(tuple(it["image"].shape), tuple(it["semantic"].shape)) for it in items}) == 1
         groups = [items] if same else [[it] for it in items]
         for group in groups:
-            images = torch.stack([it["image"] for it in group]).to(device)
-            labels = torch.stack([it["semantic"] for it in group]).to(device)
+            images = torch.stack([it["image"] for it in group]).to(device, non_blocking=True)
+            labels = torch.stack([it["semantic"] for it in group]).to(device, non_blocking=True)
             logits = segmentation_logits(model, images, labels.shape[-2:], mode=mode, crop_size=crop_size,
                                          stride=stride)
             cm.update(logits.argmax(1), labels)

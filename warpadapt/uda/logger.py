@@ -1,4 +1,5 @@
-"""Metrics for a run: one JSON line per log call in ``metrics.jsonl``, curves in ``curves.png``."""
+"""Metrics for a run: one JSON line per log call in ``metrics.jsonl``, curves in ``curves.png``, and the
+same scalars (plus pictures) as TensorBoard events in ``tensorboard/`` when the package is installed."""
 from __future__ import annotations
 
 import json
@@ -65,10 +66,12 @@ class MetricsLogger:
     ['train', 'eval']
     """
 
-    def __init__(self, out_dir: str | os.PathLike, enabled: bool = True, resume_step: int | None = None) -> None:
+    def __init__(self, out_dir: str | os.PathLike, enabled: bool = True, resume_step: int | None = None,
+                 tensorboard: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / "metrics.jsonl"
         self.enabled = enabled
+        self.writer = None
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,14 +81,42 @@ class MetricsLogger:
         else:
             kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # torch's writer needs the tensorboard package
+                print("train.tensorboard: the tensorboard package is not installed (pip install tensorboard): "
+                      "metrics.jsonl only")
+            else:  # a resumed run drops the events the interrupted one logged after its checkpoint
+                self.writer = SummaryWriter(str(self.out_dir / "tensorboard"),
+                                            purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, step: int, kind: str, **scalars: Any) -> None:
-        """Append one record (tensors are turned into numbers, NaN into null)."""
+        """Append one record (tensors are turned into numbers, NaN into null); TensorBoard: ``kind/name``."""
         if not self.enabled:
             return
         record = {"step": int(step), "kind": str(kind), **_clean(scalars)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for k, v in record.items():
+                if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.writer.add_scalar(f"{kind}/{k}", v, int(step))
+
+    def image(self, step: int, tag: str, png: str | os.PathLike) -> None:
+        """A picture the run drew (``predictions.png``) as a TensorBoard image (nothing without TensorBoard)."""
+        if self.writer is None:
+            return
+        import matplotlib.image
+
+        pixels = matplotlib.image.imread(str(png))[..., :3]
+        self.writer.add_image(tag, pixels, int(step), dataformats="HWC")
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (metrics.jsonl is written line by line)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def records(self) -> list[dict]:
         return read_jsonl(self.path) if self.enabled else []

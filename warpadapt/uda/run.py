@@ -5,8 +5,9 @@ state that makes a stopped run resume where it stopped.
 ``state_dict`` (models, EMA teacher, optimisers, schedulers, a gradient scaler), every named
 ``torch.Generator``, the step, the config, and every rank's global RNG state. One world-size policy:
 
-- resumed with the number of processes that wrote it: each rank gets back its own RNG states, so the
-  run continues bit for bit as if it had never stopped;
+- resumed with the number of processes that wrote it: each rank gets back its own RNG states (and its
+  own buffers: BatchNorm running statistics are rank-local under ``wrap_ddp``), so the run continues
+  bit for bit as if it had never stopped;
 - resumed with another number: weights, optimiser, schedule and step are restored, and every random
   stream is re-seeded from (seed, step, rank) (one printed line says so): the run goes on correctly
   but is no longer bit-identical to an uninterrupted one (the data shards differ anyway).
@@ -34,7 +35,8 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import check_choice, check_range
 from .dist import DistInfo, all_gather_objects, barrier, setup_distributed
 
-__all__ = ["MixedPrecision", "RunState", "StopSignal", "peak_memory_mb", "check_common", "log_values", "run_info", "start_run", "static_prior"]
+__all__ = ["MixedPrecision", "RunState", "StopSignal", "peak_memory_mb", "check_common", "log_values", "run_info",
+           "start_run", "static_prior", "scaled_lr", "set_norm", "throughput_switches", "compile_backbone"]
 
 
 def start_run(cfg: DictConfig) -> tuple[DistInfo, Path, bool]:
@@ -95,9 +97,101 @@ def check_common(cfg: DictConfig) -> None:
     check_choice(cfg, "warp.guidance", GUIDANCES)
     if OmegaConf.select(cfg, "train.amp") is not None:
         check_choice(cfg, "train.amp", MixedPrecision.MODES)
+    for key, choices in (("train.lr_base_scale", ("linear", "sqrt")), ("train.matmul_precision", ("highest", "high", "medium"))):
+        if OmegaConf.select(cfg, key) is not None:
+            check_choice(cfg, key, choices)
+    if OmegaConf.select(cfg, "train.lr_base_size") is not None:
+        check_range(cfg, "train.lr_base_size", 1, integer=True)
     size = cfg.data.image_size
     if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 32 for v in size):
         raise ValueError(f"config: data.image_size: expected [H, W] with ints >= 32, got {list(size)}")
+
+
+def scaled_lr(cfg: DictConfig, info: DistInfo, batch_size: int | None = None) -> float:
+    """The learning rate of this run: ``train.lr`` as given when ``train.lr_base_size`` is null (at any
+    number of processes); else ``train.lr`` is the rate for a GLOBAL batch of ``lr_base_size`` images and
+    is scaled to this run's ``batch_size x world_size`` by ``train.lr_base_scale`` (timm's
+    ``--lr-base-size`` / ``--lr-base-scale``): ``linear`` (Goyal et al. 2017, for SGD) or ``sqrt``
+    (the usual rule for Adam-type optimisers).
+
+    >>> cfg = OmegaConf.create({"train": {"lr": 0.04, "batch_size": 6, "lr_base_size": 18, "lr_base_scale": "linear"}})
+    >>> round(scaled_lr(cfg, DistInfo(world_size=3)), 6), round(scaled_lr(cfg, DistInfo()), 6)
+    (0.04, 0.013333)
+    >>> cfg.train.lr_base_size = None; scaled_lr(cfg, DistInfo(world_size=8))
+    0.04
+    """
+    t = cfg.train
+    base = OmegaConf.select(cfg, "train.lr_base_size")
+    if base is None:
+        return float(t.lr)
+    global_batch = int(batch_size or t.batch_size) * info.world_size
+    ratio = global_batch / int(base)
+    return float(t.lr) * (ratio if OmegaConf.select(cfg, "train.lr_base_scale", default="linear") == "linear"
+                          else ratio ** 0.5)
+
+
+def set_norm(model: torch.nn.Module, cfg: DictConfig, info: DistInfo) -> torch.nn.Module:
+    """``model.norm``: ``bn`` (as built), ``frozen`` (FrozenBatchNorm2d) or ``sync`` (SyncBatchNorm when the
+    run has several processes: one set of batch statistics over the global batch, identical running
+    statistics on every rank). PyTorch's SyncBatchNorm has no CPU kernel, so ``sync`` under a CPU
+    torchrun is refused here rather than at the first forward. Call it before the optimiser, the
+    teacher and the DDP wrapper.
+
+    >>> net = torch.nn.Sequential(torch.nn.BatchNorm2d(2))
+    >>> type(set_norm(net, OmegaConf.create({"model": {"norm": "sync"}}), DistInfo())[0]).__name__  # 1 process
+    'BatchNorm2d'
+    """
+    from ..models.detector import convert_norm
+
+    norm = OmegaConf.select(cfg, "model.norm", default="bn")
+    if norm == "sync" and info.enabled and info.device.type != "cuda":
+        raise ValueError("config: model.norm: sync needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); "
+                         "use model.norm=bn under a CPU torchrun")
+    return convert_norm(model, norm, distributed=info.enabled)
+
+
+def compile_backbone(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """``train.compile``: ``torch.compile`` the timm network inside the model's wrapped backbone, in place
+    (``nn.Module.compile``: parameter names and checkpoints unchanged). The warp, the unwarp and the
+    heads stay eager (their shapes follow the boxes). Returns ``model``.
+
+    >>> from warpadapt import wrap
+    >>> import timm
+    >>> net = wrap(timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(3,)))
+    >>> compile_backbone(net, backend="eager") is net
+    True
+    """
+    from ..wrap import WarpedBackbone
+
+    found = [m for m in model.modules() if isinstance(m, WarpedBackbone)]
+    if not found:
+        raise TypeError(f"model: expected a module holding a warpadapt WarpedBackbone, got {type(model).__name__}")
+    for wb in found:
+        wb.model.compile(backend=backend)
+    return model
+
+
+def throughput_switches(cfg: DictConfig, model: torch.nn.Module) -> torch.nn.Module:
+    """The config's speed switches (all off by default; none changes the method): ``train.cudnn_benchmark``
+    (cuDNN picks the fastest convolution per shape), ``train.matmul_precision`` (``highest`` | ``high`` |
+    ``medium``: ``torch.set_float32_matmul_precision``, TF32 on Ampere and newer) and ``train.channels_last``
+    (the model's weights in NHWC: faster convolutions on tensor cores). Call it before the DDP wrapper and
+    the teacher; ``train.compile`` is :func:`compile_backbone`, after the teacher. Returns the model
+    (converted in place).
+
+    >>> cfg = OmegaConf.create({"train": {"channels_last": True, "matmul_precision": "highest"}})
+    >>> net = throughput_switches(cfg, torch.nn.Conv2d(3, 4, 3))
+    >>> net.weight.is_contiguous(memory_format=torch.channels_last)
+    True
+    """
+    if OmegaConf.select(cfg, "train.cudnn_benchmark"):
+        torch.backends.cudnn.benchmark = True
+    precision = OmegaConf.select(cfg, "train.matmul_precision")
+    if precision is not None:
+        torch.set_float32_matmul_precision(precision)
+    if OmegaConf.select(cfg, "train.channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def run_info(info: DistInfo | None = None) -> dict:
@@ -358,8 +452,16 @@ class RunState:
             return True
         return False
 
+    def _own_buffers(self) -> dict:
+        """Under torchrun: this rank's buffers of every module (BatchNorm running statistics follow each
+        rank's own batches, ``wrap_ddp``), so a resumed run gives every rank its own back."""
+        if not self.info.enabled:
+            return {}
+        return {name: {k: b.detach().to("cpu", copy=True) for k, b in obj.named_buffers()}
+                for name, obj in self.objects.items() if isinstance(obj, torch.nn.Module)}
+
     def save(self, step: int) -> None:
-        rngs = all_gather_objects({"global": rng_state(),
+        rngs = all_gather_objects({"global": rng_state(), "buffers": self._own_buffers(),
                                    "generators": {k: g.get_state() for k, g in self.generators.items()}})
         if self.info.is_main:
             state = {name: obj.state_dict() for name, obj in self.objects.items()}
@@ -384,6 +486,11 @@ class RunState:
             set_rng_state(mine["global"])
             for name, g in self.generators.items():
                 g.set_state(mine["generators"][name])
+            with torch.no_grad():  # this rank's own buffers (the state dicts above hold rank 0's)
+                for name, bufs in mine.get("buffers", {}).items():
+                    own = dict(self.objects[name].named_buffers())
+                    for k, b in bufs.items():
+                        own[k].copy_(b)
         else:
             if self.info.is_main:
                 print(f"resume: {self.path} was written by {len(rngs)} processes, this run has {self.info.world_size}: "
