@@ -47,13 +47,13 @@ from warpadapt.uda.build import (evaluate_segmenter, segmentation_datasets, segm
                                  segmentation_pipeline, segmenter_from_config, warp_from_config)
 from warpadapt.uda.cli import run
 from warpadapt.uda.config import check_choice, check_range, load_config
-from warpadapt.uda.dist import cleanup_distributed, unwrap, wrap_ddp
+from warpadapt.uda.dist import all_gather_objects, cleanup_distributed, grad_sync, rank0_buffers, unwrap, weights_digest, wrap_ddp
 from warpadapt.uda.ema import EMATeacher, dacs_keep_rate
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.mix import MASK_MODES, classmix_masks, mask_images, mic_batch, mix, patch_mask, strong_augment
 from warpadapt.uda.rcs import RareClassSampler, class_pixel_counts
-from warpadapt.uda.run import (MixedPrecision, RunState, check_common, log_values, peak_memory_mb, start_run,
-                               static_prior)
+from warpadapt.uda.run import (MixedPrecision, RunState, check_common, compile_backbone, log_values, peak_memory_mb,
+                               scaled_lr, set_norm, start_run, static_prior, throughput_switches)
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)  # the 19 Cityscapes train ids
 
@@ -63,6 +63,7 @@ def check(cfg) -> None:
     check_common(cfg)
     segmentation_pipeline(cfg)  # data.crop_size, data.flip, data.<domain>.scale, eval.mode ...
     check_choice(cfg, "train.bn_stats", ("all", "source"))
+    check_choice(cfg, "model.norm", ("bn", "sync", "frozen"))
     check_choice(cfg, "uda.teacher_mode", ("train", "eval"))
     check_choice(cfg, "uda.mask_mode", MASK_MODES)
     check_choice(cfg, "uda.classmix_pool", ("batch", "image"))
@@ -90,11 +91,11 @@ def lr_factor(step: int, t) -> float:
     return warm * (1.0 - min(step, t.schedule_iters) / t.schedule_iters) ** t.poly_power
 
 
-def param_groups(model, t) -> list[dict]:
-    """AdamW groups as DAFormer's paramwise_cfg: the head at lr x train.head_lr_mult; parameters whose name
-    holds "norm" (MiT's LayerNorms) at weight decay x train.norm_decay_mult (DAFormer: 0)."""
+def param_groups(model, t, lr: float) -> list[dict]:
+    """AdamW groups as DAFormer's paramwise_cfg: the backbone at ``lr``, the head at lr x train.head_lr_mult;
+    parameters whose name holds "norm" (MiT's LayerNorms) at weight decay x train.norm_decay_mult (DAFormer: 0)."""
     groups = []
-    for part, lr in ((model.backbone, t.lr), (model.head, t.lr * t.head_lr_mult)):
+    for part, lr in ((model.backbone, lr), (model.head, lr * t.head_lr_mult)):
         for norm in (False, True):
             params = [p for name, p in part.named_parameters() if ("norm" in name) == norm]
             if params:
@@ -140,15 +141,18 @@ def main(argv=None) -> dict:
     # 3. data: source / target training streams (per-rank shards), evaluation sets
     src_train, tgt_train, src_val, tgt_val = segmentation_datasets(cfg)
 
-    # 4. models: student over a wrapped backbone, EMA teacher (never warps: it gets no boxes), AdamW
+    # 4. models: student over a wrapped backbone (model.norm; speed switches), EMA teacher (never warps: it gets
+    # no boxes) made from the DDP-synchronised student, AdamW (lr: train.lr_base_size rule)
     warp = warp_from_config(cfg, static_prior(cfg, src_train, out, info))  # built once, from cfg.warp
     torch.manual_seed(t.seed)  # the same initial weights on every rank
-    model = segmenter_from_config(cfg, warp).to(dev).train()
+    model = throughput_switches(cfg, set_norm(segmenter_from_config(cfg, warp), cfg, info).to(dev).train())
+    student = wrap_ddp(model, info)
     # train: DAFormer / MIC's teacher (train mode, dropout off, EMA of the parameters only); eval: eval mode, EMA of all
     teacher = EMATeacher(model, buffers="none" if u.teacher_mode == "train" else "ema", mode=u.teacher_mode)
-    student = wrap_ddp(model, info)
+    for m in (model, teacher.module) if t.compile else ():  # train.compile: after the teacher's copy
+        compile_backbone(m)
     evaluated = teacher.module if cfg.eval.model == "teacher" else student  # auto: MIC evaluates the student
-    opt = torch.optim.AdamW(param_groups(model, t))
+    opt = torch.optim.AdamW(param_groups(model, t, scaled_lr(cfg, info)))
     amp = MixedPrecision(t.amp, dev)  # train.amp: bf16 / fp16 autocast of the training forwards
     base_lrs = [g["lr"] for g in opt.param_groups]
     torch.manual_seed(t.seed + 1000 * info.rank)  # dropout differs per rank
@@ -158,7 +162,7 @@ def main(argv=None) -> dict:
     state = RunState(out / "last.pt", info, cfg, generators={"mix": gen}, student=model, teacher=teacher, optimizer=opt,
                      amp=amp)
     start = state.load() if resuming else 0
-    logger = MetricsLogger(out, enabled=info.is_main, resume_step=start if start else None)
+    logger = MetricsLogger(out, enabled=info.is_main, resume_step=start if start else None, tensorboard=t.tensorboard)
     # every draw gets its own crop / flip, keyed by (seed, stream position, index): resumable (data.crop_size)
     stream = dict(info=info, start_step=start, num_workers=cfg.data.workers)
     sampler = None
@@ -171,7 +175,7 @@ def main(argv=None) -> dict:
     aug = dict(jitter=u.color_jitter, jitter_p=u.color_jitter_p, blur_p=u.blur_p, per_image=u.augment_per_image)
 
     # 6. the loop
-    train_seconds, cpu_seconds = 0.0, 0.0
+    train_seconds, cpu_seconds, data_seconds = 0.0, 0.0, 0.0
     bar = tqdm(range(start, t.iters), initial=start, total=t.iters, desc="mic", disable=not info.is_main,
                dynamic_ncols=True)
     for step in bar:
@@ -179,22 +183,26 @@ def main(argv=None) -> dict:
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * lr_factor(step, t)
         opt.zero_grad(set_to_none=True)
-        src = next(src_it)
-        x_s, y_s = src["images"].to(dev), src["semantic"].to(dev)
-        # Each phase runs backward at once (DAFormer does too): one graph in memory at a time.
+        data_tic = time.perf_counter()
+        src, tgt = next(src_it), next(tgt_it) if u.enabled else None
+        data_seconds += time.perf_counter() - data_tic
+        x_s, y_s = src["images"].to(dev, non_blocking=True), src["semantic"].to(dev, non_blocking=True)
+        # Each phase runs backward at once (DAFormer does too): one graph in memory at a time. Under DDP the
+        # gradients are all-reduced once, by the step's last backward (grad_sync; the others accumulate).
+        last = "mic" if u.enabled and u.mic else "mix" if u.enabled else "src"
 
         # (a) source: the only warped forward; boxes from the source labels, features unwarped; DAFormer's
         # cross-entropy: the mean over ALL pixels (ignored ones add 0)
-        with amp.autocast():
-            loss_src = weighted_ce(student(x_s, boxes=[b.to(dev) for b in src["boxes"]]), y_s, 1.0)
-        amp.backward(loss_src)
+        with grad_sync(student, last == "src"), amp.autocast():
+            loss_src = weighted_ce(student(x_s, boxes=[b.to(dev, non_blocking=True) for b in src["boxes"]]), y_s, 1.0)
+            amp.backward(loss_src)
         logs = {"loss_src": loss_src.detach()}  # tensors: read on the host at logging steps only
 
         # train.bn_stats=source: the self-training forwards (ClassMix collages, masked images) normalise
         # with their batch statistics but leave BatchNorm's running ones (evaluation's) alone
         with frozen_bn_stats(model) if t.bn_stats == "source" else nullcontext():
             if u.enabled:
-                x_t = next(tgt_it)["images"].to(dev)  # target labels are never used
+                x_t = tgt["images"].to(dev, non_blocking=True)  # target labels are never used
                 # (b) teacher pseudo-labels on the plain target image (no boxes: no warp), one weight q
                 with torch.no_grad():
                     with amp.autocast():
@@ -210,9 +218,9 @@ def main(argv=None) -> dict:
                     x_mix, y_mix, w_mix = mix(m, x_s, x_t), mix(m, y_s, pseudo), mix(m, torch.ones_like(w_t), w_t)
                 else:  # plain self-training on the augmented target image
                     x_mix, y_mix, w_mix = x_t, pseudo, w_t
-                with amp.autocast():
+                with grad_sync(student, last == "mix"), amp.autocast():
                     loss_mix = weighted_ce(student(strong_augment(x_mix, gen, **aug)), y_mix, w_mix)
-                amp.backward(loss_mix)
+                    amp.backward(loss_mix)
                 logs.update(loss_mix=loss_mix.detach(), q=q)
 
                 # (d) MIC: the mask mode's images (colour-augmented in the ...aug modes), masked pixels = the mean
@@ -220,9 +228,9 @@ def main(argv=None) -> dict:
                     x_m, y_m, w_m = mic_batch(u.mask_mode, x_s, y_s, x_t, pseudo, w_t)
                     x_m = strong_augment(x_m, gen, **aug) if u.mask_mode.endswith("aug") else x_m
                     keep = patch_mask(x_m.shape[0], x_m.shape[-2:], u.mask_patch, u.mask_ratio, gen, dev)
-                    with amp.autocast():
+                    with grad_sync(student, last == "mic"), amp.autocast():
                         loss_mic = u.mic_weight * weighted_ce(student(mask_images(x_m, keep, model.mean)), y_m, w_m)
-                    amp.backward(loss_mic)
+                        amp.backward(loss_mic)
                     logs["loss_mic"] = loss_mic.detach()
 
         # (e) step, then the EMA teacher with the DACS schedule (DAFormer: alpha of iteration step + 1)
@@ -236,11 +244,14 @@ def main(argv=None) -> dict:
         done = step + 1
         if done % t.log_every == 0 or done == t.iters:
             logs = log_values(logs, info, done)  # one collective + one host read; a non-finite loss stops every rank
-            logger.log(done, "train", lr=opt.param_groups[0]["lr"], **logs)
+            n = done - start
+            logger.log(done, "train", lr=opt.param_groups[0]["lr"], **logs, data_seconds=data_seconds / n,
+                       images_per_s=(1 + u.enabled) * t.batch_size * info.world_size * n / train_seconds, peak_memory_mb=peak_memory_mb(info))
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
         if cfg.eval.every and done % cfg.eval.every == 0 and done < t.iters:
             state.save(done)
-            metrics = evaluate_segmenter(evaluated, (src_val, tgt_val), cfg, info)
+            with rank0_buffers(model, teacher, info=info):  # every rank scores rank 0's model (its BatchNorm statistics)
+                metrics = evaluate_segmenter(evaluated, (src_val, tgt_val), cfg, info)
             logger.log(done, "eval", **{k: v for k, v in metrics.items() if k.endswith("miou")})
             if info.is_main:
                 bar.write(f"step {done}: source mIoU {100 * metrics['source_miou']:.1f}, "
@@ -248,6 +259,7 @@ def main(argv=None) -> dict:
         if state.after_step(done, done % t.log_every == 0):  # train.checkpoint_every; SIGTERM / SIGUSR1: saved
             break
     if state.stopped:  # preempted: resume=true continues from the checkpoint just written
+        logger.close()
         cleanup_distributed()
         return {"stopped": state.stopped}
 
@@ -255,11 +267,14 @@ def main(argv=None) -> dict:
     if start < t.iters:
         state.save(t.iters)
     tic = time.perf_counter()
-    metrics = evaluate_segmenter(evaluated, (src_val, tgt_val), cfg, info)
+    with rank0_buffers(model, teacher, info=info):
+        metrics = evaluate_segmenter(evaluated, (src_val, tgt_val), cfg, info)
+    # the ranks of a DDP run must hold bit-identical weights: each rank's digest of student + teacher parameters
+    digests = all_gather_objects(weights_digest(model) + weights_digest(teacher))
     final = {"iters": t.iters, "evaluated": "teacher" if evaluated is teacher.module else "student", **metrics,
              "seconds_per_iter": train_seconds / max(1, t.iters - start),
              "cpu_seconds_per_iter": cpu_seconds / max(1, t.iters - start), "world_size": info.world_size,
-             "peak_memory_mb": peak_memory_mb(info),
+             "peak_memory_mb": peak_memory_mb(info), "ranks_in_sync": len(set(digests)) == 1, "weights_digests": digests,
              "eval_seconds": time.perf_counter() - tic, "target_split": cfg.eval.target_split}
     if info.is_main:
         if start < t.iters:  # a finished run resumed again: its final eval is already logged
@@ -268,9 +283,11 @@ def main(argv=None) -> dict:
         logger.plot()
         if cfg.eval.pictures:
             save_predictions(student, tgt_val, cfg.eval.pictures, out / "predictions.png", dev)
+            logger.image(t.iters, "predictions", out / "predictions.png")
         print(f"source mIoU {100 * final['source_miou']:.1f}  target mIoU {100 * final['target_miou']:.1f}  "
               f"{final['seconds_per_iter']:.3f} s/iter  -> {out}")
     state.stop.close()  # SIGTERM / SIGUSR1 handlers back to what they were
+    logger.close()
     cleanup_distributed()
     return final
 

@@ -28,19 +28,19 @@ import torch.nn.functional as F
 from torchvision.models.detection.transform import resize_boxes
 from tqdm.auto import tqdm
 
-from warpadapt.models.detector import NORMS, convert_norm
+from warpadapt.models.detector import NORMS
 from warpadapt.uda.build import detection_datasets, detector_from_config, warp_from_config
 from warpadapt.uda.cli import run
 from warpadapt.uda.config import check_choice, check_range, load_config
 from warpadapt.uda.data import infinite_loader
-from warpadapt.uda.dist import cleanup_distributed, wrap_ddp
+from warpadapt.uda.dist import all_gather_objects, cleanup_distributed, rank0_buffers, weights_digest, wrap_ddp
 from warpadapt.uda.ema import EMATeacher
 from warpadapt.uda.evaluate import evaluate_detection
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.nightaug import night_aug, random_hflip
 from warpadapt.uda.pseudo import filter_detections
-from warpadapt.uda.run import (MixedPrecision, RunState, check_common, log_values, peak_memory_mb, start_run,
-                               static_prior)
+from warpadapt.uda.run import (MixedPrecision, RunState, check_common, compile_backbone, log_values, peak_memory_mb,
+                               scaled_lr, set_norm, start_run, static_prior, throughput_switches)
 
 
 #: 2PCNet's student-scale curriculum (``uda.student_scale``): the values a mapping may leave out.
@@ -168,13 +168,13 @@ def consistency_loss(student_logits, teacher_logits, reduction: str = "mean"):
     return (p_t.max(1).values * kl).sum() / max(1, len(kl))
 
 
-def optimizer_and_schedule(tc, params):
+def optimizer_and_schedule(tc, params, lr: float | None = None):
     """SGD or AdamW; LR: a linear warm-up over ``train.warmup``, then constant (2PCNet: no decay) except
     x0.1 at each of the FIXED iterations ``train.lr_steps`` (independent of train.iters, so a run stopped
     at k and resumed with a larger train.iters follows the same curve as a straight one).
 
     >>> from types import SimpleNamespace
-    >>> tc = SimpleNamespace(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.0, warmup=2, lr_steps=[])
+    >>> tc = SimpleNamespace(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.0, warmup=2, lr_steps=[])  # lr: tc.lr
     >>> opt, sched = optimizer_and_schedule(tc, [torch.nn.Parameter(torch.zeros(1))])
     >>> lrs = []
     >>> for _ in range(5):
@@ -182,10 +182,11 @@ def optimizer_and_schedule(tc, params):
     >>> lrs
     [0.05, 0.1, 0.1, 0.1, 0.1]
     """
+    lr = tc.lr if lr is None else lr
     if tc.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+        opt = torch.optim.SGD(params, lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=tc.weight_decay)
     steps = list(tc.lr_steps)
     factor = lambda it: min(1.0, (it + 1) / max(1, tc.warmup)) * 0.1 ** sum(it >= s for s in steps)  # noqa: E731
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -207,11 +208,13 @@ def main(argv=None):
     # ------------------------------------------------------------------ models
     warp = warp_from_config(cfg, static_prior(cfg, src_train, out_dir, info))  # built once, from cfg.warp
     # model.norm: bn (batch statistics) | frozen (detectron2's FrozenBN) | sync (SyncBatchNorm under torchrun)
-    student = convert_norm(detector_from_config(cfg, len(classes) + 1, warp), cfg.model.norm).to(info.device)
+    student = throughput_switches(cfg, set_norm(detector_from_config(cfg, len(classes) + 1, warp), cfg, info).to(info.device))
+    model = wrap_ddp(student, info)  # rank 0's weights on every rank; the teacher copies those
     teacher = EMATeacher(student)
-    model = wrap_ddp(student, info)
+    for m in (student, teacher.module) if tc.compile else ():  # train.compile: after the teacher's copy
+        compile_backbone(m)
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer, scheduler = optimizer_and_schedule(tc, params)
+    optimizer, scheduler = optimizer_and_schedule(tc, params, scaled_lr(cfg, info))
     amp = MixedPrecision(tc.amp, info.device)
     # this rank's seeded generators, saved with the run: NightAug, flips (uda.hflip), student scale
     # (NightAug and flips draw on the images' device, so their generators live there; the scale is a host number)
@@ -222,7 +225,7 @@ def main(argv=None):
     state = RunState(out_dir / "last.pt", info, cfg, generators=gens, student=student, teacher=teacher, amp=amp,
                      optimizer=optimizer, scheduler=scheduler)
     start = state.load() if resuming else 0
-    logger = MetricsLogger(out_dir, enabled=info.is_main, resume_step=start if start else None)
+    logger = MetricsLogger(out_dir, enabled=info.is_main, resume_step=start if start else None, tensorboard=tc.tensorboard)
     src_iter = infinite_loader(src_train, tc.batch_size, seed=tc.seed, info=info, start_step=start,
                                collate_fn=collate, num_workers=cfg.data.workers)
     tgt_iter = infinite_loader(tgt_train, tc.batch_size, seed=tc.seed + 1, info=info,
@@ -233,13 +236,15 @@ def main(argv=None):
     evaluated = lambda step: teacher.module if use_teacher and step > tc.burn_in else student  # noqa: E731
 
     def evaluate(step):
-        kw = dict(device=info.device, batch_size=cfg.eval.batch_size, max_images=cfg.eval.max_images, info=info)
-        return [evaluate_detection(evaluated(step), ds, classes, **kw) for ds in (src_val, tgt_val)]
+        kw = dict(device=info.device, batch_size=cfg.eval.batch_size, max_images=cfg.eval.max_images, info=info,
+                  num_workers=cfg.data.workers)
+        with rank0_buffers(student, teacher, info=info):  # every rank scores rank 0's model (its BatchNorm statistics)
+            return [evaluate_detection(evaluated(step), ds, classes, **kw) for ds in (src_val, tgt_val)]
 
     # ------------------------------------------------------------------ training loop
     model.train()
     bar = tqdm(range(start, tc.iters), initial=start, total=tc.iters, disable=not info.is_main, desc="2pcnet")
-    train_time, cpu_time, n_timed = 0.0, 0.0, 0
+    train_time, cpu_time, data_time, n_timed, n_images = 0.0, 0.0, 0.0, 0, 0
     for it in bar:
         t0, c0 = time.perf_counter(), time.process_time()
         adapting = uc.enabled and it >= tc.burn_in
@@ -247,10 +252,13 @@ def main(argv=None):
         with amp.autocast():  # train.amp: the training forwards in bf16 / fp16 (the warp's geometry stays float32)
             # (a) source (+ flip) + NightAug copy, supervised; the ONLY warped forward (boxes = ground truth),
             # during burn-in only unless warp.stage=always
-            images, targets = next(src_iter)
-            images = [x.to(info.device) for x in images]
-            targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
+            d0 = time.perf_counter()
+            (images, targets), t_batch = next(src_iter), next(tgt_iter) if adapting else None
+            data_time += time.perf_counter() - d0
+            images = [x.to(info.device, non_blocking=True) for x in images]
+            targets = [{k: v.to(info.device, non_blocking=True) for k, v in t.items()} for t in targets]
             images, targets = source_batch(images, targets, uc, gens)
+            n_images += len(images) + (len(t_batch[0]) if adapting else 0)
             out = model(images, targets, warp=cfg.warp.stage == "always" or it < tc.burn_in)
             losses = dict(out.losses)
             loss = sum(losses.values())
@@ -259,7 +267,7 @@ def main(argv=None):
                 if it == tc.burn_in:  # end of burn-in: the teacher starts as a copy of the student
                     teacher.reset(student)
                 # (b) teacher pseudo-labels on the target image (eval mode: never warped)
-                t_images = [x.to(info.device) for x in next(tgt_iter)[0]]
+                t_images = [x.to(info.device, non_blocking=True) for x in t_batch[0]]
                 if uc.hflip:  # 2PCNet's mapper flips target images too (teacher and student see the same one)
                     t_images = random_hflip(t_images, None, gens["flip"])[0]
                 with torch.no_grad():
@@ -300,7 +308,8 @@ def main(argv=None):
         lr = optimizer.param_groups[0]["lr"]
         if step % tc.log_every == 0 or step == tc.iters:  # the only host read of the losses (non-finite: stop)
             scalars = log_values({"loss": loss, **losses}, info, step)  # every rank; averaged over ranks
-            logger.log(step, "train", lr=lr, seconds_per_iter=train_time / n_timed, **scalars)
+            logger.log(step, "train", lr=lr, seconds_per_iter=train_time / n_timed, data_seconds=data_time / n_timed,
+                       images_per_s=n_images * info.world_size / train_time, peak_memory_mb=peak_memory_mb(info), **scalars)
             shown = {k[5:]: f"{v:.3f}" for k, v in scalars.items() if k.startswith("loss_")}
             bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{lr:.2g}", **shown)
         if cfg.eval.every and step % cfg.eval.every == 0 and step < tc.iters:
@@ -311,6 +320,7 @@ def main(argv=None):
             break
     bar.close()
     if state.stopped:  # preempted: resume=true continues from the checkpoint just written
+        logger.close()
         cleanup_distributed()
         return {"stopped": state.stopped}
 
@@ -320,6 +330,8 @@ def main(argv=None):
     t_eval = time.perf_counter()
     src, tgt = evaluate(tc.iters)
     t_eval = time.perf_counter() - t_eval
+    # the ranks of a DDP run must hold bit-identical weights: each rank's digest of student + teacher parameters
+    digests = all_gather_objects(weights_digest(student) + weights_digest(teacher))
     if start < tc.iters:  # a finished run resumed again: its final eval is already logged
         logger.log(tc.iters, "eval", source_map50=src["mAP50"], target_map50=tgt["mAP50"])
     final = {"source_map50": src["mAP50"], "target_map50": tgt["mAP50"], "target_ap": tgt["AP"],
@@ -331,10 +343,12 @@ def main(argv=None):
              "evaluated": "teacher" if evaluated(tc.iters) is teacher.module else "student",
              "guidance": cfg.warp.guidance, "warp_stage": cfg.warp.stage, "uda": bool(uc.enabled),
              "world_size": info.world_size, "eval_images": cfg.eval.max_images, "peak_memory_mb": peak_memory_mb(info),
-             "eval_seconds": t_eval, "target_split": cfg.eval.target_split}
+             "eval_seconds": t_eval, "target_split": cfg.eval.target_split,
+             "ranks_in_sync": len(set(digests)) == 1, "weights_digests": digests}
     state.stop.close()  # SIGTERM / SIGUSR1 handlers back to what they were
     logger.write_json("final.json", final)
     logger.plot()
+    logger.close()
     if info.is_main:
         print(f"source mAP50 {100 * final['source_map50']:.1f}  target mAP50 {100 * final['target_map50']:.1f}"
               f"  ({final['seconds_per_iter']:.2f} s/iter)  -> {out_dir / 'final.json'}")

@@ -102,15 +102,27 @@ def test_lr_schedule_does_not_depend_on_train_iters():
     assert mic.lr_factor(2, cfg.train) == pytest.approx(0.8)
 
 
-def test_torchrun_two_processes_cpu(tmp_path):
+def _torchrun(out, *args):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RECIPE),
-           f"out_dir={tmp_path}", "train.iters=2", "device=cpu", *TINY]
+           f"out_dir={out}", "device=cpu", *TINY, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    final = json.loads((tmp_path / "final.json").read_text())
-    assert final["world_size"] == 2 and final["iters"] == 2
-    assert len(load_checkpoint(tmp_path / "last.pt")["rng"]) == 2  # every rank's RNG state
+    return json.loads((out / "final.json").read_text()) if (out / "final.json").exists() else None
+
+
+def test_torchrun_two_processes_identical_weights_and_exact_resume(tmp_path):
+    """2 gloo processes on different data shards: after every step both ranks hold bit-identical student and
+    teacher weights (DDP all-reduces once per step, over the three backward passes), and a 2-process run
+    stopped at step 2 and resumed ends on exactly the weights of the uninterrupted one."""
+    straight = _torchrun(tmp_path / "straight", "train.iters=3", "train.schedule_iters=3")
+    assert straight["world_size"] == 2 and straight["iters"] == 3
+    assert straight["ranks_in_sync"] and len(straight["weights_digests"]) == 2
+    assert len(load_checkpoint(tmp_path / "straight" / "last.pt")["rng"]) == 2  # every rank's RNG state
+    assert _torchrun(tmp_path / "split", "train.iters=2", "train.schedule_iters=3")["ranks_in_sync"]
+    resumed = _torchrun(tmp_path / "split", "train.iters=3", "train.schedule_iters=3", "resume=true")
+    assert resumed["weights_digests"] == straight["weights_digests"]
+    assert resumed["target_miou"] == straight["target_miou"]
 
 
 @pytest.mark.parametrize("args, error, match", [

@@ -202,16 +202,26 @@ def test_inline_pair_runs(tmp_path):
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
-def test_torchrun_two_processes_cpu(tmp_path):
+def test_torchrun_two_processes_identical_weights_and_exact_resume(tmp_path):
+    """2 gloo processes on different shards: bit-identical student and teacher weights on both ranks at the
+    end; stopped after step 2 (past burn-in: the teacher exists, each rank's BatchNorm statistics its own)
+    and resumed, the run ends on exactly the weights of the uninterrupted one."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    out = tmp_path / "ddp"
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(RECIPE), *TINY, "threads=1", f"out_dir={out}",
-           "device=cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    final = json.loads((out / "final.json").read_text())
-    assert final["world_size"] == 2 and final["iters"] == 3
+
+    def launch(out, *args):
+        cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(RECIPE), *TINY, "threads=1", f"out_dir={out}",
+               "device=cpu", *args]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((out / "final.json").read_text())
+
+    straight = launch(tmp_path / "straight")
+    assert straight["world_size"] == 2 and straight["iters"] == 3
+    assert straight["ranks_in_sync"] and len(set(straight["weights_digests"])) == 1 == len(straight["weights_digests"]) - 1
+    launch(tmp_path / "split", "train.iters=2")
+    resumed = launch(tmp_path / "split", "resume=true")
+    assert resumed["weights_digests"] == straight["weights_digests"]
 
 
 def test_detector_warps_only_in_training_with_boxes():

@@ -28,7 +28,7 @@ __all__ = ["WARP_KEYS", "warp_from_config", "detection_datasets", "detector_from
 
 #: The keys of ``cfg.warp`` that are :class:`~warpadapt.SaliencyWarp` options (the others say where and
 #: how a recipe uses the warp: ``stage``, ``prior_images``, ``classes``).
-WARP_KEYS = ("guidance", "grid_size", "fwhm", "bandwidth_scale", "amplitude_scale")
+WARP_KEYS = ("guidance", "grid_size", "fwhm", "bandwidth_scale", "amplitude_scale", "method")
 
 
 def warp_from_config(cfg: DictConfig, prior=None) -> SaliencyWarp:
@@ -254,7 +254,8 @@ def segmentation_loader(dataset, batch_size: int, *, seed: int = 0, info: DistIn
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_segmentation,
                                          num_workers=num_workers,
                                          generator=torch.Generator().manual_seed(int(seed) + info.rank),
-                                         persistent_workers=num_workers > 0)
+                                         persistent_workers=num_workers > 0,
+                                         pin_memory=info.device.type == "cuda")  # pinned: .to(device, non_blocking=True)
     return iter(loader)
 
 
@@ -280,7 +281,8 @@ def evaluate_segmenter(model, val_sets, cfg: DictConfig, info: DistInfo | None =
     for name, ds in zip(("source", "target"), val_sets):
         r = evaluate_segmentation(unwrap(model), ds, len(CITYSCAPES_CLASSES), device=info.device,
                                   batch_size=cfg.eval.batch_size, max_images=cfg.eval.max_images, info=info,
-                                  mode=ev["mode"], crop_size=ev["crop_size"], stride=ev["stride"])
+                                  mode=ev["mode"], crop_size=ev["crop_size"], stride=ev["stride"],
+                                  num_workers=cfg.data.workers)
         out[f"{name}_miou"] = r["miou"]
         out[f"{name}_thing_miou"] = float(r["iou"][things].nanmean())
         out[f"{name}_iou"] = dict(zip(CITYSCAPES_CLASSES, r["iou"].tolist()))
