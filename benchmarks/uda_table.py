@@ -405,6 +405,18 @@ CODE_NOTE = ("**These runs used the recipes as they were up to commit 2ab6164, b
              "redone on the faithful recipes (`benchmarks/uda_vs_source.py` first checks that UDA beats source-only).")
 
 
+def _decision_rule() -> list[str]:
+    """The decision rule on the faithful recipes (``benchmarks/uda_vs_source.py --tag after``), first."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from uda_vs_source import decision
+
+    folder = ROOT / "results" / "uda_vs_source" / "after"
+    return ["## First: does the base method beat source-only? (faithful recipes, target val)", "",
+            *decision(folder), "",
+            f"From `results/uda_vs_source/after/raw/` (`python benchmarks/uda_vs_source.py --tag after`; every run "
+            "the recipe's default with `warp.guidance=none`, `threads=1`). The tables below are the older runs.", ""]
+
+
 def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
     recs = {}
     for p in sorted((out / "raw").glob("*.json")):
@@ -414,7 +426,7 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
     lines = ["# Results: the adaptation table on the synthetic pairs", "",
              "Written by `python benchmarks/uda_table.py` from `results/raw/*.json` (do not edit by hand: "
              "the plain reading lives in `docs/RESULTS_reading.md` and is pasted below).", "",
-             *([CODE_NOTE, ""] if out.resolve() == (ROOT / "results").resolve() else []),
+             *([CODE_NOTE, ""] + _decision_rule() if out.resolve() == (ROOT / "results").resolve() else []),
              f"Runs found: {len(recs)}; total training wall time {total / 3600:.1f} h. Seeds: {seeds}. "
              "Every number is on the held-out target `test` split (tuning looked at `val` only); "
              "mean ± std over seeds; Δ is the per-seed paired difference against the baseline row "

@@ -135,6 +135,42 @@ def report(out: Path, recipes, seeds) -> str:
     return "\n".join(lines)
 
 
+#: The model each method reports (2PCNet evaluates its EMA teacher, MIC its student).
+REPORTED = {"twopcnet": "teacher", "mic": "student"}
+#: The decision rule (issue 19): UDA beats source-only by at least this many points on target val,
+#: in the mean over seeds 0-2 AND on every seed, for the student and for the reported model.
+MARGIN = 2.0
+
+
+def decision(out: Path, seeds=(0, 1, 2)) -> list[str]:
+    """The decision rule's table (markdown lines): UDA minus source-only on target VAL per seed, both pairs,
+    student and reported model, with PASS / FAIL (FAIL also when a seed is missing)."""
+    lines = [f"| pair (metric) | model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | rule |",
+             "|---|---|" + "---|" * (len(seeds) + 2)]
+    verdicts = []
+    for recipe in CONFIG:
+        recs = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text()) for p in (out / "raw").glob(f"{recipe}__*.json"))}
+        key = METRIC[recipe]
+        for model in ("student", "teacher") if REPORTED[recipe] == "teacher" else ("student",):
+            deltas = []
+            for s in seeds:
+                so, uda = recs.get(("source_only", s)), recs.get(("uda", s))
+                deltas.append(None if so is None or uda is None else
+                              100 * (uda["final"][model][key] - so["final"]["student"][key]))
+            have = [d for d in deltas if d is not None]
+            ok = len(have) == len(seeds) and min(have) >= MARGIN and statistics.mean(have) >= MARGIN
+            verdicts.append(ok)
+            mean = f"{statistics.mean(have):+.1f}" if have else "-"
+            name = f"{recipe} {CONFIG[recipe]} ({key})"
+            label = model + (" (reported)" if model == REPORTED[recipe] else "")
+            lines.append(f"| {name} | {label} | " + " | ".join("missing" if d is None else f"{d:+.1f}" for d in deltas)
+                         + f" | {mean} | {'PASS' if ok else 'FAIL'} |")
+    rule = (f"Rule: UDA minus source-only >= {MARGIN:g} points on target val, in the mean over seeds "
+            f"{', '.join(map(str, seeds))} and on every seed, for the student and for the model the method reports. ")
+    return [rule + ("**Passed on both pairs.**" if all(verdicts) else "**Not passed**: the warp rows would judge a "
+            "testbed on which the base method does not beat source-only."), "", *lines]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tag", required=True, help="the code version: before / after / ... (a folder name)")
@@ -151,7 +187,7 @@ def main(argv=None) -> int:
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
             for rec in pool.map(lambda j: run_one(*j, out, a.overrides), jobs):
                 print(f"[uda_vs_source] done {rec['recipe']} {rec['arm']} seed {rec['seed']}", flush=True)
-    text = report(out, a.recipes, a.seeds)
+    text = report(out, a.recipes, a.seeds) + "\n## The decision rule\n\n" + "\n".join(decision(out, a.seeds)) + "\n"
     (out / "REPORT.md").parent.mkdir(parents=True, exist_ok=True)
     (out / "REPORT.md").write_text(text + "\n")
     print(text)

@@ -122,3 +122,33 @@ def test_report_bn_recalibration_pairs_each_treatment(tmp_path):
     bn_row = next(line for line in lines if line.startswith("| pvt_v2_b0: UDA (no warp), bn_stats=source |"))
     assert "+3.0)" in bn_row and "-1.0)" in bn_row  # seed 0 against segmentation/uda: 33-30, 33-34
     assert table._bn_recalibration(tmp_path / "nothing", [0]) == []
+
+
+def test_decision_rule_needs_every_seed_and_the_margin(tmp_path):
+    """uda_vs_source.decision: PASS only with all seeds present, each delta and the mean >= 2 points, for the
+    student and (detection) the teacher; one seed short of the margin fails the pair."""
+    spec = importlib.util.spec_from_file_location("uda_vs_source", ROOT / "benchmarks" / "uda_vs_source.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+
+    def put(recipe, arm, seed, **models):
+        key = mod.METRIC[recipe]
+        rec = {"recipe": recipe, "arm": arm, "seed": seed, "final": {m: {key: v} for m, v in models.items()}}
+        (raw / f"{recipe}__{arm}__s{seed}.json").write_text(json.dumps(rec))
+
+    for s in (0, 1, 2):
+        put("mic", "source_only", s, student=0.20)
+        put("mic", "uda", s, student=0.25, teacher=0.24)
+        put("twopcnet", "source_only", s, student=0.30)
+        put("twopcnet", "uda", s, student=0.33, teacher=0.30 + (0.01 if s == 1 else 0.04))  # seed 1: +1 only
+    lines = mod.decision(tmp_path)
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in lines if line.startswith("| ") and "seed 0" not in line}
+    assert rows[("mic synthetic_clear2fog (target_miou)", "student (reported)")].endswith("| +5.0 | PASS |")
+    assert rows[("twopcnet synthetic_day2night (target_map50)", "student")].endswith("PASS |")
+    assert "+1.0" in rows[("twopcnet synthetic_day2night (target_map50)", "teacher (reported)")]
+    assert rows[("twopcnet synthetic_day2night (target_map50)", "teacher (reported)")].endswith("FAIL |")
+    assert "Not passed" in lines[0]
+    (raw / "mic__uda__s2.json").unlink()  # a missing seed fails too
+    assert "missing" in next(line for line in mod.decision(tmp_path) if line.startswith("| mic"))
