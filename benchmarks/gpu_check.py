@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py                    # the device there is (CUDA if available)
     python benchmarks/gpu_check.py --device cpu --tiny   # what the test suite runs (seconds)
+    python benchmarks/gpu_check.py --device cpu --tiny --sites --recipes mic   # where each sync comes from
 
 For each recipe (``recipes/twopcnet.py``, ``recipes/mic.py``, their default synthetic pairs) and each
 precision (``train.amp`` none and bf16, and fp16 on CUDA) it trains a few dozen iterations through the
@@ -43,7 +44,7 @@ def count_syncs(device: str = "cpu"):
     """Count the calls of the Tensor methods that read a value on the host: on CUDA those on CUDA tensors
     (a read of a CPU tensor is no sync); on the CPU every one except the optimisers' own reads of their CPU
     step counters (``torch.optim``: CPU tensors on a GPU run too), i.e. what would sync on a GPU."""
-    counts = {"n": 0}
+    counts = {"n": 0, "sites": {}}
     saved = {m: getattr(torch.Tensor, m) for m in SYNC_METHODS}
     cuda = str(device).startswith("cuda")
 
@@ -56,6 +57,9 @@ def count_syncs(device: str = "cpu"):
                 while frame is not None and depth < 4 and "torch/optim" not in frame.f_code.co_filename:
                     frame, depth = frame.f_back, depth + 1
                 counts["n"] += int(frame is None or depth == 4)
+            if cuda and self.is_cuda or not cuda and (frame is None or depth == 4):
+                site = _site(sys._getframe(1))
+                counts["sites"][site] = counts["sites"].get(site, 0) + 1
             return fn(self, *args, **kwargs)
         return wrapper
 
@@ -68,6 +72,17 @@ def count_syncs(device: str = "cpu"):
             setattr(torch.Tensor, m, fn)
 
 
+def _site(frame) -> str:
+    """The first caller outside torch: ``file:line (function)`` relative to the checkout."""
+    while frame is not None and "/torch/" in frame.f_code.co_filename and "torchvision" not in frame.f_code.co_filename:
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    name = frame.f_code.co_filename
+    name = str(Path(name).relative_to(ROOT)) if name.startswith(str(ROOT)) else "/".join(Path(name).parts[-2:])
+    return f"{name}:{frame.f_lineno} ({frame.f_code.co_name})"
+
+
 def recipe_main(name: str):
     spec = importlib.util.spec_from_file_location(f"{name}_check", ROOT / "recipes" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -75,14 +90,14 @@ def recipe_main(name: str):
     return module.main
 
 
-def run_recipe(name: str, device: str, amp: str, iters: int, tiny: bool, out: Path) -> tuple[dict, int]:
+def run_recipe(name: str, device: str, amp: str, iters: int, tiny: bool, out: Path) -> tuple[dict, dict]:
     args = [f"out_dir={out}", "overwrite=true", f"device={device}", f"train.amp={amp}", f"train.iters={iters}",
             "eval.every=0", "train.log_every=1000", *(TINY if tiny else FULL)[name]]
     if name == "mic":
         args.append(f"train.schedule_iters={iters}")
     with count_syncs(device) as counts:
         final = recipe_main(name)(args)
-    return final, counts["n"]
+    return final, counts
 
 
 def step_ratio(arch: str, size, device: str, reps: int = 5) -> float:
@@ -114,6 +129,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes and 2 + 4 iterations (the test suite's check)")
     ap.add_argument("--iters", type=int, default=None, help="N (runs of N and 2N iterations; default 20, tiny 2)")
+    ap.add_argument("--recipes", nargs="+", default=["twopcnet", "mic"], choices=["twopcnet", "mic"])
+    ap.add_argument("--sites", action="store_true", help="also print the syncs per step of each call site")
     a = ap.parse_args(argv)
     cuda = a.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -125,17 +142,22 @@ def main(argv=None) -> dict:
     if cuda:
         torch.cuda.set_sync_debug_mode("warn")
     with tempfile.TemporaryDirectory() as tmp:
-        for recipe in ("twopcnet", "mic"):
+        for recipe in a.recipes:
             for amp in amps:
                 short, c1 = run_recipe(recipe, a.device, amp, n, a.tiny, Path(tmp) / f"{recipe}_{amp}_a")
                 long, c2 = run_recipe(recipe, a.device, amp, 2 * n, a.tiny, Path(tmp) / f"{recipe}_{amp}_b")
                 batch = 2 * (2 if recipe == "twopcnet" else 1)  # source (+ NightAug copy) and target per step
                 row = {"recipe": recipe, "amp": amp, "s_per_iter": long["seconds_per_iter"],
                        "images_per_s": batch / long["seconds_per_iter"], "peak_memory_mb": long.get("peak_memory_mb"),
-                       "syncs_per_step": (c2 - c1) / n}
+                       "syncs_per_step": (c2["n"] - c1["n"]) / n}
+                sites = {k: (v - c1["sites"].get(k, 0)) / n for k, v in c2["sites"].items()}
+                row["sync_sites"] = {k: v for k, v in sorted(sites.items(), key=lambda kv: -kv[1]) if v > 0}
                 rows.append(row)
                 print(f"{recipe:9s} amp={amp:5s} {row['s_per_iter']:.3f} s/iter  {row['images_per_s']:.1f} images/s  "
                       f"peak {row['peak_memory_mb']:.0f} MiB  {row['syncs_per_step']:.1f} syncs/step", flush=True)
+                if a.sites:
+                    for site, k in row["sync_sites"].items():
+                        print(f"    {k:5.2f} / step  {site}")
         if cuda and torch.cuda.device_count() >= 2:
             for recipe in ("twopcnet", "mic"):
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -165,7 +165,7 @@ def saliency_to_maps(saliency: Tensor, fwhm: float = 13.0, padding: int | None =
     """
     if saliency.dim() != 3:
         raise ValueError(f"saliency must have shape (B, gh, gw), got {tuple(saliency.shape)}")
-    if not torch.isfinite(saliency).all() or (saliency < 0).any():
+    if not bool((torch.isfinite(saliency) & (saliency >= 0)).all()):  # one host read for both checks
         raise ValueError("saliency must be finite and non-negative")
     gh, gw = saliency.shape[1:]
     p = min(gh, gw) - 1 if padding is None else padding

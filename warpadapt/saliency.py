@@ -106,10 +106,12 @@ def pad_boxes(
     padded = torch.nn.utils.rnn.pad_sequence(seq, batch_first=True)  # (B, N, 4) zero padded
     counts = torch.tensor([b.shape[0] for b in seq], device=device)
     mask = torch.arange(n_max, device=device)[None, :] < counts[:, None]
-    valid = padded[mask]
-    if not torch.isfinite(valid).all():
-        raise ValueError("boxes contain NaN or infinite values")
-    if (valid[:, 2] < valid[:, 0]).any() or (valid[:, 3] < valid[:, 1]).any():
+    # one host read for both checks (no boolean indexing: on a GPU that is a sync of its own)
+    finite = torch.isfinite(padded).all(-1)
+    ordered = (padded[..., 2] >= padded[..., 0]) & (padded[..., 3] >= padded[..., 1])
+    if bool((mask & ~(finite & ordered)).any()):
+        if bool((mask & ~finite).any()):
+            raise ValueError("boxes contain NaN or infinite values")
         raise ValueError("boxes must be xyxy with x2 >= x1 and y2 >= y1")
     scale = padded.new_tensor([w, h, w, h])
     clipped = torch.minimum(padded.clamp(min=0.0), scale)

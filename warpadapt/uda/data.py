@@ -62,9 +62,9 @@ class InfiniteSampler(Sampler):
             batch = []
             for pos in range(start, start + self.batch_size):
                 epoch, offset = divmod(pos, self.length)
-                if epoch != cached_epoch:
-                    cached_epoch, perm = epoch, self._epoch(epoch)
-                batch.append(int(perm[offset]))
+                if epoch != cached_epoch:  # one host list per epoch, not a tensor read per index
+                    cached_epoch, perm = epoch, self._epoch(epoch).tolist()
+                batch.append(perm[offset])
             yield batch
             step += 1
 
