@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from warpadapt.data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX
+from warpadapt.data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, guidance_train_ids
 from warpadapt.uda.bn import frozen_bn_stats
 from warpadapt.uda.build import (evaluate_segmenter, segmentation_datasets, segmentation_loader,
                                  segmentation_pipeline, segmenter_from_config, warp_from_config)
@@ -49,6 +49,7 @@ from warpadapt.uda.cli import run
 from warpadapt.uda.config import check_choice, check_range, load_config
 from warpadapt.uda.dist import all_gather_objects, cleanup_distributed, grad_sync, rank0_buffers, unwrap, weights_digest, wrap_ddp
 from warpadapt.uda.ema import EMATeacher, dacs_keep_rate
+from warpadapt.uda.fdist import ImageNetFeatures, feature_distance
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.mix import MASK_MODES, classmix_masks, mask_images, mic_batch, mix, patch_mask, strong_augment
 from warpadapt.uda.rcs import RareClassSampler, class_pixel_counts
@@ -74,6 +75,8 @@ def check(cfg) -> None:
     check_range(cfg, "eval.pictures", 0, integer=True)
     check_range(cfg, "train.head_lr_mult", 1e-12)
     check_range(cfg, "train.norm_decay_mult", 0.0)
+    check_range(cfg, "uda.imnet_fdist", 0.0)
+    check_range(cfg, "uda.fdist_min_ratio", 1e-6, 1.0)
     for key in ("uda.ema_keep_rate", "uda.threshold", "uda.mask_ratio", "uda.color_jitter_p", "uda.blur_p"):
         check_range(cfg, key, 0.0, 1.0)
 
@@ -146,6 +149,11 @@ def main(argv=None) -> dict:
     warp = warp_from_config(cfg, static_prior(cfg, src_train, out, info))  # built once, from cfg.warp
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = throughput_switches(cfg, set_norm(segmenter_from_config(cfg, warp), cfg, info).to(dev).train())
+    imnet = None  # uda.imnet_fdist: DAFormer's ImageNet feature distance, with ImageNet weights only
+    if u.imnet_fdist and cfg.model.pretrained_file:
+        imnet = ImageNetFeatures(model.backbone)
+    elif u.imnet_fdist and info.is_main:
+        print("uda.imnet_fdist: off, the backbone has no ImageNet weights (model.pretrained_file is null)")
     student = wrap_ddp(model, info)
     # train: DAFormer / MIC's teacher (train mode, dropout off, EMA of the parameters only); eval: eval mode, EMA of all
     teacher = EMATeacher(model, buffers="none" if u.teacher_mode == "train" else "ema", mode=u.teacher_mode)
@@ -172,6 +180,7 @@ def main(argv=None) -> dict:
                                    u.rcs_temperature, u.rcs_min_share * labels[0].numel())
     src_it = segmentation_loader(src_train, t.batch_size, seed=t.seed, batch_sampler=sampler, **stream)
     tgt_it = segmentation_loader(tgt_train, t.batch_size, seed=t.seed + 1, **stream)
+    things = guidance_train_ids(cfg.warp.classes)  # the feature distance's classes (DAFormer: 6, 7, 11-18)
     aug = dict(jitter=u.color_jitter, jitter_p=u.color_jitter_p, blur_p=u.blur_p, per_image=u.augment_per_image)
 
     # 6. the loop
@@ -194,9 +203,15 @@ def main(argv=None) -> dict:
         # (a) source: the only warped forward; boxes from the source labels, features unwarped; DAFormer's
         # cross-entropy: the mean over ALL pixels (ignored ones add 0)
         with grad_sync(student, last == "src"), amp.autocast():
-            loss_src = weighted_ce(student(x_s, boxes=[b.to(dev, non_blocking=True) for b in src["boxes"]]), y_s, 1.0)
-            amp.backward(loss_src)
+            logits, feats = student(x_s, boxes=[b.to(dev, non_blocking=True) for b in src["boxes"]], return_features=True)
+            loss_src = weighted_ce(logits, y_s, 1.0)
+            if imnet is not None:  # the student's bottleneck (unwarped) vs ImageNet's on the plain image, thing pixels
+                loss_fd = u.imnet_fdist * feature_distance(feats[-1], imnet(model.normalize(x_s)), y_s, things,
+                                                           u.fdist_min_ratio, NUM_CLASSES, IGNORE_INDEX)
+            amp.backward(loss_src + loss_fd if imnet is not None else loss_src)
         logs = {"loss_src": loss_src.detach()}  # tensors: read on the host at logging steps only
+        if imnet is not None:
+            logs["loss_fdist"] = loss_fd.detach()
 
         # train.bn_stats=source: the self-training forwards (ClassMix collages, masked images) normalise
         # with their batch statistics but leave BatchNorm's running ones (evaluation's) alone

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from warpadapt.data.labels import CITYSCAPES_CLASSES
+from warpadapt.uda.logger import read_jsonl
 from warpadapt.models import Segmenter
 from warpadapt.modules import SaliencyWarp
 from warpadapt.uda.build import segmentation_datasets
@@ -320,3 +321,21 @@ def test_speed_benchmark_runs_both_arms():
     assert out["train"]["ratio"] > 0 and set(out["source_phase"]) == {"instance", "none"}
     with pytest.raises(SystemExit):  # --forward times mic's source phase only
         bench.main(["--recipe", "twopcnet", "--forward", "1"])
+
+
+def test_imagenet_feature_distance_runs_with_a_weights_file_only(tmp_path, capsys):
+    """uda.imnet_fdist > 0: with model.pretrained_file the source loss gains DAFormer's feature distance
+    (logged, finite, > 0); without a file it is switched off with one line."""
+    import timm
+    weights = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
+    common = ["model.backbone=resnet18", "model.out_indices=[1,2]", "uda.imnet_fdist=0.5", "uda.fdist_min_ratio=0.5",
+              "warp.classes=synthetic", "train.iters=3", *TINY]
+    mic.main([f"out_dir={tmp_path / 'fd'}", f"model.pretrained_file={weights}", *common])
+    logged = [r["loss_fdist"] for r in read_jsonl(tmp_path / "fd" / "metrics.jsonl") if r["kind"] == "train"]
+    # 0 on a batch without thing-class feature pixels, else > 0 (warped, train-mode BatchNorm: never the copy's)
+    assert len(logged) == 3 and all(0 <= v < float("inf") for v in logged) and max(logged) > 0
+    mic.main([f"out_dir={tmp_path / 'nofd'}", *common])
+    assert "uda.imnet_fdist: off" in capsys.readouterr().out
+    assert all("loss_fdist" not in r for r in read_jsonl(tmp_path / "nofd" / "metrics.jsonl"))

@@ -101,7 +101,8 @@ class Segmenter(nn.Module):
         images: (B, 3, H, W) RGB in [0, 1] (normalised inside with the ImageNet mean / std).
         boxes: list of B tensors (N_i, 4) xyxy pixels; in training mode they warp the backbone's input
             (features are unwarped before the head). None, or eval mode: no warp.
-        returns logits (B, K, H, W) at the input size (bilinear from stride 4).
+        returns logits (B, K, H, W) at the input size (bilinear from stride 4); with
+        ``return_features=True`` also the (unwarped) backbone features, NCHW, one per level.
 
     ``param_groups(lr, head_lr_mult)`` splits backbone and head parameters for the optimiser.
 
@@ -148,7 +149,7 @@ class Segmenter(nn.Module):
         """(B, 3, H, W) in [0, 1] -> ImageNet-normalised (what the backbone receives when not warped)."""
         return (images - self.mean) / self.std
 
-    def forward(self, images: Tensor, boxes=None) -> Tensor:
+    def forward(self, images: Tensor, boxes=None, return_features: bool = False):
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
         h, w = images.shape[-2:]
@@ -156,7 +157,8 @@ class Segmenter(nn.Module):
         if self.backbone.layout == "NHWC":  # e.g. Swin
             feats = [f.permute(0, 3, 1, 2) for f in feats]
         logits = self.head(feats, (math.ceil(h / 4), math.ceil(w / 4)))
-        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return (logits, feats) if return_features else logits
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0, weight_decay: float = 0.01) -> list[dict]:
         """Optimiser parameter groups: backbone at ``lr``, head at ``lr * head_lr_mult`` (DAFormer: x10).
