@@ -570,3 +570,20 @@ def test_round_trip_synthetic_export(tmp_path):
             assert np.allclose(order[0], order_g[0], atol=1.0) if order[0] else not order_g[0]
         n_boxes += len(g["boxes"])
     assert n_boxes > 0
+
+
+def test_bdd_label_json_is_parsed_once_per_process(tmp_path, monkeypatch):
+    """The day and night readers of one split share one parse of the (large) label json; a changed file is
+    read again."""
+    import warpadapt.data.reader_utils as ru
+    root = _bdd_tree(tmp_path)
+    calls = []
+    real_load = json.load
+    monkeypatch.setattr(ru.json, "load", lambda f: calls.append(f.name) or real_load(f))
+    night = BDD100KDetection(root, "val", timeofday="night")
+    day = BDD100KDetection(root, "val", timeofday=["daytime", "dawn/dusk"])
+    assert len(calls) == 1 and len(night) + len(day) >= 2
+    label = next((root / "labels").rglob("*.json"))
+    frames = real_load(open(label))
+    label.write_text(json.dumps(frames[:1]))  # another size: parsed afresh
+    assert len(BDD100KDetection(root, "val")) == 1 and len(calls) == 2

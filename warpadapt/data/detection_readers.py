@@ -13,7 +13,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .labels import BDD_CLASSES, canonical_class
-from .reader_utils import as_list, clip_boxes, group_by_image, image_size, read_image, to_sample
+from .reader_utils import as_list, clip_boxes, group_by_image, image_size, read_image, read_json, to_sample
 
 __all__ = ["CocoDetection", "BDD100KDetection"]
 
@@ -131,11 +131,7 @@ class CocoDetection(_DetectionBase):
         if not self.ann_file.is_file():
             raise FileNotFoundError(f"annotation file not found: {self.ann_file} "
                                     f"(expected {_COCO_LAYOUT})")
-        try:
-            with open(self.ann_file) as f:
-                data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"annotation file {self.ann_file} is not valid json: {err}") from err
+        data = read_json(self.ann_file)  # parsed once per process (train and val readers share it)
         if not isinstance(data, dict) or not all(k in data for k in ("images", "categories")):
             raise ValueError(f"annotation file {self.ann_file} is not a COCO detection json "
                              f"(expected {_COCO_LAYOUT})")
@@ -277,11 +273,7 @@ class BDD100KDetection(_DetectionBase):
             raise FileNotFoundError(f"BDD100K image folder not found: {image_dir}; "
                                     f"expected {_BDD_LAYOUT}")
         self.label_file, self.image_dir = label_file, image_dir
-        try:
-            with open(label_file) as f:
-                frames = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"BDD100K label file {label_file} is not valid json: {err}") from err
+        frames = read_json(label_file)  # parsed once per process: day and night readers share the file
         if isinstance(frames, dict) and "frames" in frames:  # Scalabel dataset wrapper
             frames = frames["frames"]
         if not isinstance(frames, list):

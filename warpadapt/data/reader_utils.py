@@ -1,13 +1,14 @@
 """File reading and box bookkeeping shared by the dataset readers (detection and segmentation)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["as_list", "read_image", "read_label_png", "image_size", "clip_boxes", "group_by_image", "to_sample"]
+__all__ = ["as_list", "read_json", "read_image", "read_label_png", "image_size", "clip_boxes", "group_by_image", "to_sample"]
 
 
 def as_list(value) -> list | None:
@@ -16,6 +17,35 @@ def as_list(value) -> list | None:
     if isinstance(value, str):
         return [value]
     return list(value)
+
+
+_JSON_CACHE: dict = {}
+
+
+def read_json(path: Path):
+    """A label json, parsed once per process: the train and val readers of both domains of a pair (BDD100K
+    day and night come from the same file) share one parse while the file is unchanged (path, size and
+    modification time). The object returned is shared: read it, do not modify it. Invalid json raises
+    ``ValueError`` naming the file.
+
+    >>> import tempfile, os
+    >>> p = Path(tempfile.mkdtemp()) / "a.json"; _ = p.write_text('{"images": []}')
+    >>> read_json(p) is read_json(p), read_json(p)
+    (True, {'images': []})
+    """
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _JSON_CACHE:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"label file {path} is not valid json: {err}") from err
+        if len(_JSON_CACHE) >= 4:  # a few files at a time (train + val of a pair)
+            _JSON_CACHE.pop(next(iter(_JSON_CACHE)))
+        _JSON_CACHE[key] = data
+    return _JSON_CACHE[key]
 
 
 def read_image(path: Path) -> torch.Tensor:
