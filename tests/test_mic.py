@@ -148,10 +148,10 @@ def test_only_source_images_are_warped(tmp_path, monkeypatch):
     calls, phase = [], ["train"]
     seg_forward, backbone_run, warp_forward = Segmenter.forward, WarpedBackbone._run, SaliencyWarp.forward
 
-    def spy_segmenter(self, images, boxes=None):  # the teacher (train mode, like MIC's) runs without gradients
+    def spy_segmenter(self, images, boxes=None, **kwargs):  # the teacher (train mode, like MIC's) runs without gradients
         calls.append(dict(phase=phase[0], teacher=not torch.is_grad_enabled(), images=images.detach().clone(),
                           expected=self.normalize(images).detach().clone(), boxes=boxes, backbone_in=None, warped=None))
-        return seg_forward(self, images, boxes)
+        return seg_forward(self, images, boxes, **kwargs)
 
     def spy_run(self, images, **kwargs):
         calls[-1]["backbone_in"] = images.detach().clone()
@@ -204,8 +204,8 @@ def test_bn_stats_source_leaves_running_stats_to_the_source_forward(tmp_path, mo
     """bn_stats=source: of the 3 student forwards per iteration only the source one moves the running stats."""
     seen, seg_forward = [], Segmenter.forward
 
-    def spy(self, images, boxes=None):
-        out = seg_forward(self, images, boxes)
+    def spy(self, images, boxes=None, **kwargs):
+        out = seg_forward(self, images, boxes, **kwargs)
         if self.training and torch.is_grad_enabled():  # the fusion BatchNorm's running mean after each student forward
             seen.append(self.head.fuse[1].running_mean.clone())
         return out
