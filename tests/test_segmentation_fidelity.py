@@ -292,7 +292,7 @@ def test_adamw_groups_follow_daformers_paramwise_cfg():
     model.backbone = nn.ModuleDict({"proj": nn.Linear(2, 2), "norm1": nn.LayerNorm(2)})
     model.head = nn.Linear(2, 3)
     t = OmegaConf.create(dict(lr=1e-3, head_lr_mult=10.0, weight_decay=0.01, norm_decay_mult=0.0))
-    groups = [(len(g["params"]), g["lr"], g["weight_decay"]) for g in mic.param_groups(model, t)]
+    groups = [(len(g["params"]), g["lr"], g["weight_decay"]) for g in mic.param_groups(model, t, t.lr)]
     assert groups == [(2, 1e-3, 0.01), (2, 1e-3, 0.0), (2, pytest.approx(1e-2), 0.01)]
 
 
