@@ -202,12 +202,14 @@ def main(argv=None) -> dict:
 
         # (a) source: the only warped forward; boxes from the source labels, features unwarped; DAFormer's
         # cross-entropy: the mean over ALL pixels (ignored ones add 0)
-        with grad_sync(student, last == "src"), amp.autocast():
-            logits, feats = student(x_s, boxes=[b.to(dev, non_blocking=True) for b in src["boxes"]], return_features=True)
-            loss_src = weighted_ce(logits, y_s, 1.0)
-            if imnet is not None:  # the student's bottleneck (unwarped) vs ImageNet's on the plain image, thing pixels
-                loss_fd = u.imnet_fdist * feature_distance(feats[-1], imnet(model.normalize(x_s)), y_s, things,
-                                                           u.fdist_min_ratio, NUM_CLASSES, IGNORE_INDEX)
+        with grad_sync(student, last == "src"):  # forward under autocast, backward outside it (both in no_sync)
+            with amp.autocast():
+                logits, feats = student(x_s, boxes=[b.to(dev, non_blocking=True) for b in src["boxes"]],
+                                        return_features=True)
+                loss_src = weighted_ce(logits, y_s, 1.0)
+                if imnet is not None:  # the student's bottleneck (unwarped) vs ImageNet's on the plain image, things
+                    loss_fd = u.imnet_fdist * feature_distance(feats[-1], imnet(model.normalize(x_s)), y_s, things,
+                                                               u.fdist_min_ratio, NUM_CLASSES, IGNORE_INDEX)
             amp.backward(loss_src + loss_fd if imnet is not None else loss_src)
         logs = {"loss_src": loss_src.detach()}  # tensors: read on the host at logging steps only
         if imnet is not None:
@@ -233,8 +235,9 @@ def main(argv=None) -> dict:
                     x_mix, y_mix, w_mix = mix(m, x_s, x_t), mix(m, y_s, pseudo), mix(m, torch.ones_like(w_t), w_t)
                 else:  # plain self-training on the augmented target image
                     x_mix, y_mix, w_mix = x_t, pseudo, w_t
-                with grad_sync(student, last == "mix"), amp.autocast():
-                    loss_mix = weighted_ce(student(strong_augment(x_mix, gen, **aug)), y_mix, w_mix)
+                with grad_sync(student, last == "mix"):
+                    with amp.autocast():
+                        loss_mix = weighted_ce(student(strong_augment(x_mix, gen, **aug)), y_mix, w_mix)
                     amp.backward(loss_mix)
                 logs.update(loss_mix=loss_mix.detach(), q=q)
 
@@ -243,8 +246,9 @@ def main(argv=None) -> dict:
                     x_m, y_m, w_m = mic_batch(u.mask_mode, x_s, y_s, x_t, pseudo, w_t)
                     x_m = strong_augment(x_m, gen, **aug) if u.mask_mode.endswith("aug") else x_m
                     keep = patch_mask(x_m.shape[0], x_m.shape[-2:], u.mask_patch, u.mask_ratio, gen, dev)
-                    with grad_sync(student, last == "mic"), amp.autocast():
-                        loss_mic = u.mic_weight * weighted_ce(student(mask_images(x_m, keep, model.mean)), y_m, w_m)
+                    with grad_sync(student, last == "mic"):
+                        with amp.autocast():
+                            loss_mic = u.mic_weight * weighted_ce(student(mask_images(x_m, keep, model.mean)), y_m, w_m)
                         amp.backward(loss_mic)
                     logs["loss_mic"] = loss_mic.detach()
 
