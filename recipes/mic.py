@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from warpadapt.data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, guidance_train_ids
+from warpadapt.models.detector import NORMS
 from warpadapt.uda.bn import frozen_bn_stats
 from warpadapt.uda.build import (evaluate_segmenter, segmentation_datasets, segmentation_loader,
                                  segmentation_pipeline, segmenter_from_config, warp_from_config)
@@ -64,7 +65,7 @@ def check(cfg) -> None:
     check_common(cfg)
     segmentation_pipeline(cfg)  # data.crop_size, data.flip, data.<domain>.scale, eval.mode ...
     check_choice(cfg, "train.bn_stats", ("all", "source"))
-    check_choice(cfg, "model.norm", ("bn", "sync", "frozen"))
+    check_choice(cfg, "model.norm", NORMS)
     check_choice(cfg, "uda.teacher_mode", ("train", "eval"))
     check_choice(cfg, "uda.mask_mode", MASK_MODES)
     check_choice(cfg, "uda.classmix_pool", ("batch", "image"))

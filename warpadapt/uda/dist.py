@@ -196,8 +196,8 @@ def rank0_buffers(*modules: nn.Module, info: DistInfo):
                 b.copy_(o)
 
 
-def weights_digest(module: nn.Module, buffers: bool = False) -> str:
-    """SHA-256 of a module's parameters (and buffers if asked), names and exact bytes in order: equal
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's parameters, names and exact bytes in order: equal
     digests mean bit-identical weights (the ranks of a DDP run must agree). Reads every tensor on the
     host: call it at the end of a run, not per step.
 
@@ -209,8 +209,7 @@ def weights_digest(module: nn.Module, buffers: bool = False) -> str:
     False
     """
     h = hashlib.sha256()
-    named = list(unwrap(module).named_parameters()) + (list(unwrap(module).named_buffers()) if buffers else [])
-    for name, t in named:
+    for name, t in unwrap(module).named_parameters():
         h.update(name.encode())
         h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
