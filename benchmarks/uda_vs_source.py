@@ -15,6 +15,12 @@ Detection shares its burn-in: the first ``train.burn_in`` iterations of source-o
 computation (the teacher does not exist yet), so each seed trains them once and both rows resume from a
 copy of that folder (resume is exact: tests/test_twopcnet.py). Each finished run is then evaluated once
 more with the other model (``resume=true eval.model=student|teacher`` re-evaluates without training).
+
+Variants of the adaptation phase only (``uda.threshold=0.6`` ...) need neither a new source-only arm nor a
+new burn-in: ``--arms uda --source-from after --burn-in-from after`` trains the UDA arm from the burn-in
+folders of tag ``after`` and compares it with that tag's source-only records (the report names them).
+
+    python benchmarks/uda_vs_source.py --tag thr0.6 --arms uda --source-from after --burn-in-from after uda.threshold=0.6
 """
 from __future__ import annotations
 
@@ -79,7 +85,9 @@ def _config_value(recipe: str, key: str, extra: list[str]):
     return OmegaConf.select(cfg, key)
 
 
-def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str]) -> dict:
+def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str], burn_in_from: Path | None = None) -> dict:
+    """One arm of one seed (skipped when its raw record exists). ``burn_in_from``: the tag folder whose
+    shared burn-in this run resumes from (default: ``out``'s own)."""
     raw = out / "raw" / f"{recipe}__{arm}__s{seed}.json"
     if raw.exists():
         return json.loads(raw.read_text())
@@ -87,7 +95,7 @@ def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str]) -> di
     run_dir = runs / f"{recipe}__{arm}__s{seed}"
     log = runs / f"{recipe}__{arm}__s{seed}.log"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    burn = _burn_in(recipe, seed, runs, extra)
+    burn = _burn_in(recipe, seed, (burn_in_from or out) / "runs", extra if burn_in_from is None else [])
     if burn is not None and not (run_dir / "last.pt").exists():  # resume from a copy of the shared burn-in
         if run_dir.exists():
             shutil.rmtree(run_dir)
@@ -101,15 +109,29 @@ def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str]) -> di
         finals[other] = _recipe(recipe, run_dir, [*base, f"eval.model={other}"], log)
     record = {"recipe": recipe, "arm": arm, "seed": seed, "tag": out.name, "commit": _git_commit(),
               "overrides": extra, "final": finals}
+    if burn is not None:
+        record["burn_in"] = str(burn.relative_to(ROOT)) if burn.is_relative_to(ROOT) else str(burn)
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-def report(out: Path, recipes, seeds) -> str:
+def _records(out: Path, recipe: str, source_from: Path | None = None) -> dict:
+    """{(arm, seed): record} of ``out``; the source-only arm from ``source_from`` when given."""
+    def load(folder: Path, arms) -> dict:
+        recs = (json.loads(p.read_text()) for p in (folder / "raw").glob(f"{recipe}__*.json"))
+        return {(r["arm"], r["seed"]): r for r in recs if r["arm"] in arms}
+    if source_from is None:
+        return load(out, ARMS)
+    return load(out, [a for a in ARMS if a != "source_only"]) | load(source_from, ["source_only"])
+
+
+def report(out: Path, recipes, seeds, source_from: Path | None = None) -> str:
     lines = [f"UDA minus source-only on target val ({out.name}); student / teacher (source-only: its student)", ""]
+    if source_from is not None:
+        lines += [f"Source-only records from tag `{source_from.name}` (`results/uda_vs_source/{source_from.name}/raw/`).", ""]
     for recipe in recipes:
-        recs = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text()) for p in (out / "raw").glob(f"{recipe}__*.json"))}
+        recs = _records(out, recipe, source_from)
         key = METRIC[recipe]
         lines += [f"### {recipe} ({CONFIG[recipe]}, {key})", "",
                   "| seed | source only | UDA student | UDA teacher | student - source | teacher - source |",
@@ -142,14 +164,14 @@ REPORTED = {"twopcnet": "teacher", "mic": "student"}
 MARGIN = 2.0
 
 
-def decision(out: Path, seeds=(0, 1, 2)) -> list[str]:
+def decision(out: Path, seeds=(0, 1, 2), source_from: Path | None = None) -> list[str]:
     """The decision rule's table (markdown lines): UDA minus source-only on target VAL per seed, both pairs,
     student and reported model, with PASS / FAIL (FAIL also when a seed is missing)."""
     lines = [f"| pair (metric) | model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | rule |",
              "|---|---|" + "---|" * (len(seeds) + 2)]
     verdicts = []
     for recipe in CONFIG:
-        recs = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text()) for p in (out / "raw").glob(f"{recipe}__*.json"))}
+        recs = _records(out, recipe, source_from)
         key = METRIC[recipe]
         for model in ("student", "teacher") if REPORTED[recipe] == "teacher" else ("student",):
             deltas = []
@@ -178,16 +200,24 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", nargs="+", default=list(CONFIG), choices=list(CONFIG))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each one CPU thread)")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="which arms to train")
+    ap.add_argument("--source-from", metavar="TAG", help="compare with this tag's source-only records "
+                    "(for variants of the adaptation phase only)")
+    ap.add_argument("--burn-in-from", metavar="TAG", help="resume from this tag's shared detection burn-ins "
+                    "(trained there if missing; for variants that leave the burn-in unchanged)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("overrides", nargs="*", help="key=value for every run (e.g. a variant being measured)")
     a = ap.parse_args(argv)
     out = a.out / a.tag
+    source_from = a.out / a.source_from if a.source_from else None
+    burn_in_from = a.out / a.burn_in_from if a.burn_in_from else None
     if not a.report_only:
-        jobs = [(r, arm, s) for r in a.recipes for s in a.seeds for arm in ARMS]
+        jobs = [(r, arm, s) for r in a.recipes for s in a.seeds for arm in a.arms]
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-            for rec in pool.map(lambda j: run_one(*j, out, a.overrides), jobs):
+            for rec in pool.map(lambda j: run_one(*j, out, a.overrides, burn_in_from), jobs):
                 print(f"[uda_vs_source] done {rec['recipe']} {rec['arm']} seed {rec['seed']}", flush=True)
-    text = report(out, a.recipes, a.seeds) + "\n## The decision rule\n\n" + "\n".join(decision(out, a.seeds)) + "\n"
+    text = (report(out, a.recipes, a.seeds, source_from) + "\n## The decision rule\n\n"
+            + "\n".join(decision(out, a.seeds, source_from)) + "\n")
     (out / "REPORT.md").parent.mkdir(parents=True, exist_ok=True)
     (out / "REPORT.md").write_text(text + "\n")
     print(text)
