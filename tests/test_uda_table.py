@@ -152,3 +152,29 @@ def test_decision_rule_needs_every_seed_and_the_margin(tmp_path):
     assert "Not passed" in lines[0]
     (raw / "mic__uda__s2.json").unlink()  # a missing seed fails too
     assert "missing" in next(line for line in mod.decision(tmp_path) if line.startswith("| mic"))
+
+
+def test_decision_rule_takes_the_source_only_arm_from_another_tag(tmp_path):
+    """uda_vs_source --source-from: a variant of the adaptation phase is compared with another tag's
+    source-only records, and its own source-only records (if any) are ignored."""
+    spec = importlib.util.spec_from_file_location("uda_vs_source", ROOT / "benchmarks" / "uda_vs_source.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def put(tag, arm, seed, **models):
+        raw = tmp_path / tag / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        rec = {"recipe": "twopcnet", "arm": arm, "seed": seed, "final": {m: {"target_map50": v} for m, v in models.items()}}
+        (raw / f"twopcnet__{arm}__s{seed}.json").write_text(json.dumps(rec))
+
+    for s in (0, 1, 2):
+        put("base", "source_only", s, student=0.30)
+        put("variant", "source_only", s, student=0.50)  # would make every delta negative if it were read
+        put("variant", "uda", s, student=0.33, teacher=0.35)
+    row = next(line for line in mod.decision(tmp_path / "variant", source_from=tmp_path / "base")
+               if line.startswith("| twopcnet") and "teacher" in line)
+    assert row.endswith("| +5.0 | PASS |")
+    own = next(line for line in mod.decision(tmp_path / "variant") if line.startswith("| twopcnet") and "teacher" in line)
+    assert own.endswith("| -15.0 | FAIL |")
+    text = mod.report(tmp_path / "variant", ["twopcnet"], [0, 1, 2], source_from=tmp_path / "base")
+    assert "tag `base`" in text and "| 0 | 30.0 | 33.0 | 35.0 | +3.0 | +5.0 |" in text
