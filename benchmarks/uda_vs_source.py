@@ -193,6 +193,37 @@ def decision(out: Path, seeds=(0, 1, 2), source_from: Path | None = None) -> lis
             "testbed on which the base method does not beat source-only."), "", *lines]
 
 
+def tried(root: Path, recipe: str = "twopcnet", seeds=(0, 1, 2)) -> list[str]:
+    """Markdown lines: every tag under ``root`` that has a ``tag.json`` (written by each call of this
+    script), one row per tag: its overrides, its source-only baseline, the mean of each arm and the
+    per-seed UDA minus source-only of the student and of the reported model."""
+    key, reported = METRIC[recipe], REPORTED[recipe]
+    lines = [f"| tag | overrides (every run) | source-only from | source only | UDA {reported} | "
+             f"{reported} - source, per seed | mean | student - source, per seed | mean |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for meta_file in sorted(root.glob("*/tag.json")):
+        meta = json.loads(meta_file.read_text())
+        folder = meta_file.parent
+        src = root / meta["source_from"] if meta.get("source_from") else None
+        recs = _records(folder, recipe, src)
+        so = [recs[("source_only", s)]["final"]["student"][key] for s in seeds if ("source_only", s) in recs]
+        d = {m: [100 * (recs[("uda", s)]["final"][m][key] - recs[("source_only", s)]["final"]["student"][key])
+                 for s in seeds if ("uda", s) in recs and ("source_only", s) in recs] for m in (reported, "student")}
+        uda = [recs[("uda", s)]["final"][reported][key] for s in seeds if ("uda", s) in recs]
+        if not so and not uda:
+            continue
+
+        def mean(v, scale=100.0):
+            return f"{scale * statistics.mean(v):.1f}" if v else "-"
+        cells = [f"`{folder.name}`", " ".join(f"`{o}`" for o in meta.get("overrides", [])) or "(defaults)",
+                 f"`{meta['source_from']}`" if meta.get("source_from") else "itself", f"{mean(so)} (n={len(so)})",
+                 f"{mean(uda)} (n={len(uda)})"]
+        for m in (reported, "student"):
+            cells += [", ".join(f"{v:+.1f}" for v in d[m]) or "-", f"{statistics.mean(d[m]):+.1f}" if d[m] else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tag", required=True, help="the code version: before / after / ... (a folder name)")
@@ -211,6 +242,9 @@ def main(argv=None) -> int:
     out = a.out / a.tag
     source_from = a.out / a.source_from if a.source_from else None
     burn_in_from = a.out / a.burn_in_from if a.burn_in_from else None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tag.json").write_text(json.dumps({"overrides": a.overrides, "source_from": a.source_from,
+                                              "burn_in_from": a.burn_in_from, "recipes": a.recipes}, indent=2) + "\n")
     if not a.report_only:
         jobs = [(r, arm, s) for r in a.recipes for s in a.seeds for arm in a.arms]
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:

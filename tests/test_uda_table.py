@@ -178,3 +178,31 @@ def test_decision_rule_takes_the_source_only_arm_from_another_tag(tmp_path):
     assert own.endswith("| -15.0 | FAIL |")
     text = mod.report(tmp_path / "variant", ["twopcnet"], [0, 1, 2], source_from=tmp_path / "base")
     assert "tag `base`" in text and "| 0 | 30.0 | 33.0 | 35.0 | +3.0 | +5.0 |" in text
+
+
+def test_tried_lists_each_tag_against_its_own_baseline(tmp_path):
+    """uda_vs_source.tried: one row per tag with a tag.json; a variant with source_from is compared
+    with that tag's source-only arm, per seed, for the reported model (2PCNet: teacher) and the student."""
+    spec = importlib.util.spec_from_file_location("uda_vs_source", ROOT / "benchmarks" / "uda_vs_source.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def put(tag, arm, seed, **models):
+        raw = tmp_path / tag / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        rec = {"recipe": "twopcnet", "arm": arm, "seed": seed, "final": {m: {"target_map50": v} for m, v in models.items()}}
+        (raw / f"twopcnet__{arm}__s{seed}.json").write_text(json.dumps(rec))
+
+    for s in (0, 1):
+        put("base", "source_only", s, student=0.30 + 0.02 * s)
+        put("base", "uda", s, student=0.29, teacher=0.31)
+        put("thr", "uda", s, student=0.35, teacher=0.36)
+    (tmp_path / "base" / "tag.json").write_text(json.dumps({"overrides": []}))
+    (tmp_path / "thr" / "tag.json").write_text(json.dumps({"overrides": ["uda.threshold=0.6"], "source_from": "base"}))
+    put("untagged", "uda", 0, student=0.9, teacher=0.9)  # no tag.json: not listed
+    lines = mod.tried(tmp_path, "twopcnet", seeds=(0, 1))
+    assert len(lines) == 4 and not any("untagged" in line for line in lines)
+    base = next(line for line in lines if line.startswith("| `base`"))
+    thr = next(line for line in lines if line.startswith("| `thr`"))
+    assert "| (defaults) | itself | 31.0 (n=2) | 31.0 (n=2) | +1.0, -1.0 | +0.0 | -1.0, -3.0 | -2.0 |" in base
+    assert "`uda.threshold=0.6` | `base` | 31.0 (n=2) | 36.0 (n=2) | +6.0, +4.0 | +5.0 | +5.0, +3.0 | +4.0 |" in thr
