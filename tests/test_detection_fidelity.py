@@ -394,3 +394,22 @@ def test_diagnose_bn_re_estimates_a_detection_run(tmp_path):
     rec = json.loads((tmp_path / "diagnose" / "bn_detection" / f"{name}.json").read_text())
     assert set(rec) == {"run", "images", "norm", "as_trained", "source", "target"}
     assert set(rec["target"]) == {"source_map50", "target_map50", "target_ap_small"}
+
+
+def test_eval_noise_first_half_is_the_recipes_own_test_score(tmp_path):
+    """benchmarks/eval_noise.py: the reported model (the teacher once adapting) on test scenes [0, n) scores
+    exactly what the recipe logged on its n-image test split; [n, 2n) are other scenes."""
+    from test_twopcnet import TINY
+    run_dir = tmp_path / "run"
+    _recipe().main(TINY + [f"out_dir={run_dir}", "train.iters=2", "eval.target_split=test"])
+    final = json.loads((run_dir / "final.json").read_text())
+    spec = importlib.util.spec_from_file_location("eval_noise", ROOT / "benchmarks" / "eval_noise.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rec = mod.halves(run_dir, images=2)
+    assert rec["model"] == "teacher" and rec["recipe"] == "twopcnet"
+    assert rec["halves"][0] == pytest.approx(final["target_map50"], abs=1e-9)
+    assert mod.estimate([rec])["sigma_points"] == pytest.approx(abs(100 * (rec["halves"][0] - rec["halves"][1])) / 2 ** 0.5, abs=0.01)
+    out = tmp_path / "noise.json"
+    assert mod.main([str(run_dir), "--images", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["records"][0]["halves"] == rec["halves"]
