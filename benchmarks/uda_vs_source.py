@@ -11,14 +11,17 @@ the code version (``before`` / ``after`` a change): the raw records go to ``resu
 (one JSON per run: the final metrics of the student AND the teacher, the exact commands, the git
 commit); finished runs are skipped, so the table fills over several sittings.
 
-Detection shares its burn-in: the first ``train.burn_in`` iterations of source-only and UDA are the same
-computation (the teacher does not exist yet), so each seed trains them once and both rows resume from a
-copy of that folder (resume is exact: tests/test_twopcnet.py). Each finished run is then evaluated once
+The arms (``ARMS``): source-only is the detector or segmenter trained on source images alone, the papers'
+lower bound (for 2PCNet without NightAug, which is part of the method); detection also has
+``nightaug_only``, 2PCNet without its teacher (source + NightAug copies), to tell the augmentation's share
+of the gain from the self-training's. NightAug-only and UDA share their burn-in: their first
+``train.burn_in`` iterations are the same computation (the teacher does not exist yet), so each seed trains
+them once and both rows resume from a copy of that folder (resume is exact: tests/test_twopcnet.py). Each finished run is then evaluated once
 more with the other model (``resume=true eval.model=student|teacher`` re-evaluates without training).
 
-Variants of the adaptation phase only (``uda.threshold=0.6`` ...) need neither a new source-only arm nor a
-new burn-in: ``--arms uda --source-from after --burn-in-from after`` trains the UDA arm from the burn-in
-folders of tag ``after`` and compares it with that tag's source-only records (the report names them).
+Variants of the adaptation phase only (``uda.threshold=0.6`` ...) need neither new baselines nor a new
+burn-in: ``--arms uda --source-from after --burn-in-from after`` trains the UDA arm from the burn-in
+folders of tag ``after`` and compares it with that tag's baseline records (the report names them).
 
     python benchmarks/uda_vs_source.py --tag thr0.6 --arms uda --source-from after --burn-in-from after uda.threshold=0.6
 """
@@ -37,7 +40,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"twopcnet": "synthetic_day2night", "mic": "synthetic_clear2fog"}
 METRIC = {"twopcnet": "target_map50", "mic": "target_miou"}
-ARMS = {"source_only": ["uda.enabled=false"], "uda": []}
+#: Each recipe's arms and their overrides. Source-only is the papers' lower bound: the detector trained on
+#: source images alone (2PCNet's NightAug is part of the method, so it is off). ``nightaug_only``: 2PCNet
+#: without its teacher (source + NightAug copies), the share of the gain the augmentation alone brings.
+ARMS = {"twopcnet": {"source_only": ["uda.enabled=false", "uda.nightaug=false"], "nightaug_only": ["uda.enabled=false"],
+                     "uda": []},
+        "mic": {"source_only": ["uda.enabled=false"], "uda": []}}
+#: Detection arms whose first ``train.burn_in`` iterations are one computation (source + NightAug, no teacher).
+SHARED_BURN_IN = ("nightaug_only", "uda")
+ALL_ARMS = tuple(dict.fromkeys(a for arms in ARMS.values() for a in arms))
 
 
 def _git_commit() -> str:
@@ -95,12 +106,13 @@ def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str], burn_
     run_dir = runs / f"{recipe}__{arm}__s{seed}"
     log = runs / f"{recipe}__{arm}__s{seed}.log"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    burn = _burn_in(recipe, seed, (burn_in_from or out) / "runs", extra if burn_in_from is None else [])
+    burn = (_burn_in(recipe, seed, (burn_in_from or out) / "runs", extra if burn_in_from is None else [])
+            if arm in SHARED_BURN_IN else None)
     if burn is not None and not (run_dir / "last.pt").exists():  # resume from a copy of the shared burn-in
         if run_dir.exists():
             shutil.rmtree(run_dir)
         shutil.copytree(burn, run_dir, ignore=shutil.ignore_patterns("final.json", "log.txt"))
-    base = [f"train.seed={seed}", "resume=true", *ARMS[arm], *extra]
+    base = [f"train.seed={seed}", "resume=true", *ARMS[recipe][arm], *extra]
     finals = {}
     first = "teacher" if (recipe == "twopcnet" and arm == "uda") else "student"
     finals[first] = _recipe(recipe, run_dir, base, log)
@@ -117,42 +129,39 @@ def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str], burn_
 
 
 def _records(out: Path, recipe: str, source_from: Path | None = None) -> dict:
-    """{(arm, seed): record} of ``out``; the source-only arm from ``source_from`` when given."""
+    """{(arm, seed): record} of ``out``; the baseline arms (source-only, NightAug-only) from ``source_from``
+    when given (a variant of the adaptation phase: only its UDA arm trained)."""
     def load(folder: Path, arms) -> dict:
         recs = (json.loads(p.read_text()) for p in (folder / "raw").glob(f"{recipe}__*.json"))
         return {(r["arm"], r["seed"]): r for r in recs if r["arm"] in arms}
     if source_from is None:
-        return load(out, ARMS)
-    return load(out, [a for a in ARMS if a != "source_only"]) | load(source_from, ["source_only"])
+        return load(out, ALL_ARMS)
+    return load(out, ["uda"]) | load(source_from, [a for a in ALL_ARMS if a != "uda"])
 
 
 def report(out: Path, recipes, seeds, source_from: Path | None = None) -> str:
-    lines = [f"UDA minus source-only on target val ({out.name}); student / teacher (source-only: its student)", ""]
+    lines = [f"UDA minus source-only on target val ({out.name}); student / teacher (the baselines: their student)", ""]
     if source_from is not None:
-        lines += [f"Source-only records from tag `{source_from.name}` (`results/uda_vs_source/{source_from.name}/raw/`).", ""]
+        lines += [f"Baseline records from tag `{source_from.name}` (`results/uda_vs_source/{source_from.name}/raw/`).", ""]
     for recipe in recipes:
         recs = _records(out, recipe, source_from)
         key = METRIC[recipe]
+        base_arms = [a for a in ARMS[recipe] if a != "uda"]
         lines += [f"### {recipe} ({CONFIG[recipe]}, {key})", "",
-                  "| seed | source only | UDA student | UDA teacher | student - source | teacher - source |",
-                  "|---|---|---|---|---|---|"]
-        deltas = {"student": [], "teacher": []}
+                  "| seed | " + " | ".join(a.replace("_", " ") for a in base_arms) + " | UDA student | UDA teacher |",
+                  "|---|" + "---|" * (len(base_arms) + 2)]
         for s in seeds:
-            so, uda = recs.get(("source_only", s)), recs.get(("uda", s))
-            if so is None or uda is None:
-                have = "-" if so is None else f"{100 * so['final']['student'][key]:.1f}"
-                lines.append(f"| {s} | {have} | (missing) | | | |")
-                continue
-            base = 100 * so["final"]["student"][key]
-            st, te = (100 * uda["final"][m][key] for m in ("student", "teacher"))
-            deltas["student"].append(st - base)
-            deltas["teacher"].append(te - base)
-            lines.append(f"| {s} | {base:.1f} | {st:.1f} | {te:.1f} | {st - base:+.1f} | {te - base:+.1f} |")
-        for m, d in deltas.items():
-            if d:
-                sd = statistics.stdev(d) if len(d) > 1 else float("nan")
-                lines.append(f"\n{m} - source only: {statistics.mean(d):+.1f} ± {sd:.1f} over {len(d)} seeds "
-                             f"(min {min(d):+.1f})")
+            cells = [f"{100 * recs[(a, s)]['final']['student'][key]:.1f}" if (a, s) in recs else "-" for a in base_arms]
+            cells += [f"{100 * recs[('uda', s)]['final'][m][key]:.1f}" if ("uda", s) in recs else "-"
+                      for m in ("student", "teacher")]
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        for baseline in base_arms:
+            for m in ("student", "teacher"):
+                d = [v for v in _deltas(recs, recipe, m, baseline, seeds) if v is not None]
+                if d:
+                    sd = statistics.stdev(d) if len(d) > 1 else float("nan")
+                    lines.append(f"\n{m} - {baseline.replace('_', ' ')}: {statistics.mean(d):+.1f} ± {sd:.1f} over "
+                                 f"{len(d)} seeds (per seed {', '.join(f'{v:+.1f}' for v in d)})")
         lines.append("")
     return "\n".join(lines)
 
@@ -164,29 +173,39 @@ REPORTED = {"twopcnet": "teacher", "mic": "student"}
 MARGIN = 2.0
 
 
+def _deltas(recs: dict, recipe: str, model: str, baseline: str, seeds) -> list:
+    """Per seed: 100 x (UDA ``model`` - ``baseline``'s student) on the recipe's metric, None where missing."""
+    key = METRIC[recipe]
+    return [None if (baseline, s) not in recs or ("uda", s) not in recs else
+            100 * (recs[("uda", s)]["final"][model][key] - recs[(baseline, s)]["final"]["student"][key]) for s in seeds]
+
+
 def decision(out: Path, seeds=(0, 1, 2), source_from: Path | None = None) -> list[str]:
     """The decision rule's table (markdown lines): UDA minus source-only on target VAL per seed, both pairs,
-    student and reported model, with PASS / FAIL (FAIL also when a seed is missing)."""
-    lines = [f"| pair (metric) | model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | rule |",
-             "|---|---|" + "---|" * (len(seeds) + 2)]
+    student and reported model, with PASS / FAIL (FAIL also when a seed is missing). Detection also gets
+    UDA minus NightAug-only (2PCNet without its teacher) when those runs exist: shown, not part of the rule."""
+    lines = [f"| pair (metric) | model | against | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | rule |",
+             "|---|---|---|" + "---|" * (len(seeds) + 2)]
     verdicts = []
     for recipe in CONFIG:
         recs = _records(out, recipe, source_from)
-        key = METRIC[recipe]
-        for model in ("student", "teacher") if REPORTED[recipe] == "teacher" else ("student",):
-            deltas = []
-            for s in seeds:
-                so, uda = recs.get(("source_only", s)), recs.get(("uda", s))
-                deltas.append(None if so is None or uda is None else
-                              100 * (uda["final"][model][key] - so["final"]["student"][key]))
-            have = [d for d in deltas if d is not None]
-            ok = len(have) == len(seeds) and min(have) >= MARGIN and statistics.mean(have) >= MARGIN
-            verdicts.append(ok)
-            mean = f"{statistics.mean(have):+.1f}" if have else "-"
-            name = f"{recipe} {CONFIG[recipe]} ({key})"
-            label = model + (" (reported)" if model == REPORTED[recipe] else "")
-            lines.append(f"| {name} | {label} | " + " | ".join("missing" if d is None else f"{d:+.1f}" for d in deltas)
-                         + f" | {mean} | {'PASS' if ok else 'FAIL'} |")
+        name = f"{recipe} {CONFIG[recipe]} ({METRIC[recipe]})"
+        baselines = ["source_only"] + (["nightaug_only"] if any(a == "nightaug_only" for a, _ in recs) else [])
+        for baseline in baselines:
+            for model in ("student", "teacher") if REPORTED[recipe] == "teacher" else ("student",):
+                deltas = _deltas(recs, recipe, model, baseline, seeds)
+                have = [d for d in deltas if d is not None]
+                ok = len(have) == len(seeds) and min(have) >= MARGIN and statistics.mean(have) >= MARGIN
+                if baseline == "source_only":
+                    verdicts.append(ok)
+                    verdict = "PASS" if ok else "FAIL"
+                else:
+                    verdict = f"({'>=' if ok else 'not >='} {MARGIN:g}; not in the rule)"
+                mean = f"{statistics.mean(have):+.1f}" if have else "-"
+                label = model + (" (reported)" if model == REPORTED[recipe] else "")
+                lines.append(f"| {name} | {label} | {baseline.replace('_', ' ')} | "
+                             + " | ".join("missing" if d is None else f"{d:+.1f}" for d in deltas)
+                             + f" | {mean} | {verdict} |")
     rule = (f"Rule: UDA minus source-only >= {MARGIN:g} points on target val, in the mean over seeds "
             f"{', '.join(map(str, seeds))} and on every seed, for the student and for the model the method reports. ")
     return [rule + ("**Passed on both pairs.**" if all(verdicts) else "**Not passed**: the warp rows would judge a "
@@ -195,31 +214,34 @@ def decision(out: Path, seeds=(0, 1, 2), source_from: Path | None = None) -> lis
 
 def tried(root: Path, recipe: str = "twopcnet", seeds=(0, 1, 2)) -> list[str]:
     """Markdown lines: every tag under ``root`` that has a ``tag.json`` (written by each call of this
-    script), one row per tag: its overrides, its source-only baseline, the mean of each arm and the
-    per-seed UDA minus source-only of the student and of the reported model."""
+    script), one row per tag: its overrides, where its baselines come from, the mean of each arm and the
+    per-seed UDA minus each baseline (reported model; the student against source-only too)."""
     key, reported = METRIC[recipe], REPORTED[recipe]
-    lines = [f"| tag | overrides (every run) | source-only from | source only | UDA {reported} | "
-             f"{reported} - source, per seed | mean | student - source, per seed | mean |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    base_arms = [a for a in ARMS[recipe] if a != "uda"]
+    names = [a.replace("_", " ") for a in base_arms]
+    lines = ["| tag | overrides (every run) | baselines from | " + " | ".join(names) + f" | UDA {reported} | "
+             + " | ".join(f"{reported} - {n}, per seed (mean)" for n in names) + " | student - source only, per seed (mean) |",
+             "|---|---|---|" + "---|" * (2 * len(base_arms) + 2)]
+
+    def mean(v) -> str:
+        return f"{100 * statistics.mean(v):.1f} (n={len(v)})" if v else "-"
+
+    def per_seed(d) -> str:
+        d = [v for v in d if v is not None]
+        return f"{', '.join(f'{v:+.1f}' for v in d)} ({statistics.mean(d):+.1f})" if d else "-"
+
     for meta_file in sorted(root.glob("*/tag.json")):
         meta = json.loads(meta_file.read_text())
         folder = meta_file.parent
-        src = root / meta["source_from"] if meta.get("source_from") else None
-        recs = _records(folder, recipe, src)
-        so = [recs[("source_only", s)]["final"]["student"][key] for s in seeds if ("source_only", s) in recs]
-        d = {m: [100 * (recs[("uda", s)]["final"][m][key] - recs[("source_only", s)]["final"]["student"][key])
-                 for s in seeds if ("uda", s) in recs and ("source_only", s) in recs] for m in (reported, "student")}
-        uda = [recs[("uda", s)]["final"][reported][key] for s in seeds if ("uda", s) in recs]
-        if not so and not uda:
+        recs = _records(folder, recipe, root / meta["source_from"] if meta.get("source_from") else None)
+        if not any(r == recipe for r in meta.get("recipes", [recipe])) or not recs:
             continue
-
-        def mean(v, scale=100.0):
-            return f"{scale * statistics.mean(v):.1f}" if v else "-"
         cells = [f"`{folder.name}`", " ".join(f"`{o}`" for o in meta.get("overrides", [])) or "(defaults)",
-                 f"`{meta['source_from']}`" if meta.get("source_from") else "itself", f"{mean(so)} (n={len(so)})",
-                 f"{mean(uda)} (n={len(uda)})"]
-        for m in (reported, "student"):
-            cells += [", ".join(f"{v:+.1f}" for v in d[m]) or "-", f"{statistics.mean(d[m]):+.1f}" if d[m] else "-"]
+                 f"`{meta['source_from']}`" if meta.get("source_from") else "itself"]
+        cells += [mean([recs[(a, s)]["final"]["student"][key] for s in seeds if (a, s) in recs]) for a in base_arms]
+        cells.append(mean([recs[("uda", s)]["final"][reported][key] for s in seeds if ("uda", s) in recs]))
+        cells += [per_seed(_deltas(recs, recipe, reported, a, seeds)) for a in base_arms]
+        cells.append(per_seed(_deltas(recs, recipe, "student", "source_only", seeds)))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -231,7 +253,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", nargs="+", default=list(CONFIG), choices=list(CONFIG))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each one CPU thread)")
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="which arms to train")
+    ap.add_argument("--arms", nargs="+", default=list(ALL_ARMS), choices=list(ALL_ARMS),
+                    help="which arms to train (each recipe trains those of them it has)")
     ap.add_argument("--source-from", metavar="TAG", help="compare with this tag's source-only records "
                     "(for variants of the adaptation phase only)")
     ap.add_argument("--burn-in-from", metavar="TAG", help="resume from this tag's shared detection burn-ins "
@@ -246,7 +269,7 @@ def main(argv=None) -> int:
     (out / "tag.json").write_text(json.dumps({"overrides": a.overrides, "source_from": a.source_from,
                                               "burn_in_from": a.burn_in_from, "recipes": a.recipes}, indent=2) + "\n")
     if not a.report_only:
-        jobs = [(r, arm, s) for r in a.recipes for s in a.seeds for arm in a.arms]
+        jobs = [(r, arm, s) for r in a.recipes for s in a.seeds for arm in a.arms if arm in ARMS[r]]
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
             for rec in pool.map(lambda j: run_one(*j, out, a.overrides, burn_in_from), jobs):
                 print(f"[uda_vs_source] done {rec['recipe']} {rec['arm']} seed {rec['seed']}", flush=True)

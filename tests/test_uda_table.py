@@ -177,12 +177,13 @@ def test_decision_rule_takes_the_source_only_arm_from_another_tag(tmp_path):
     own = next(line for line in mod.decision(tmp_path / "variant") if line.startswith("| twopcnet") and "teacher" in line)
     assert own.endswith("| -15.0 | FAIL |")
     text = mod.report(tmp_path / "variant", ["twopcnet"], [0, 1, 2], source_from=tmp_path / "base")
-    assert "tag `base`" in text and "| 0 | 30.0 | 33.0 | 35.0 | +3.0 | +5.0 |" in text
+    assert "tag `base`" in text and "| 0 | 30.0 | - | 33.0 | 35.0 |" in text
+    assert "teacher - source only: +5.0 ± 0.0 over 3 seeds (per seed +5.0, +5.0, +5.0)" in text
 
 
 def test_tried_lists_each_tag_against_its_own_baseline(tmp_path):
     """uda_vs_source.tried: one row per tag with a tag.json; a variant with source_from is compared
-    with that tag's source-only arm, per seed, for the reported model (2PCNet: teacher) and the student."""
+    with that tag's baseline arms, per seed, for the reported model (2PCNet: teacher) and the student."""
     spec = importlib.util.spec_from_file_location("uda_vs_source", ROOT / "benchmarks" / "uda_vs_source.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -194,9 +195,11 @@ def test_tried_lists_each_tag_against_its_own_baseline(tmp_path):
         (raw / f"twopcnet__{arm}__s{seed}.json").write_text(json.dumps(rec))
 
     for s in (0, 1):
-        put("base", "source_only", s, student=0.30 + 0.02 * s)
+        put("base", "source_only", s, student=0.20)
+        put("base", "nightaug_only", s, student=0.30 + 0.02 * s)
         put("base", "uda", s, student=0.29, teacher=0.31)
         put("thr", "uda", s, student=0.35, teacher=0.36)
+        put("thr", "nightaug_only", s, student=0.9)  # not read: its baselines come from base
     (tmp_path / "base" / "tag.json").write_text(json.dumps({"overrides": []}))
     (tmp_path / "thr" / "tag.json").write_text(json.dumps({"overrides": ["uda.threshold=0.6"], "source_from": "base"}))
     put("untagged", "uda", 0, student=0.9, teacher=0.9)  # no tag.json: not listed
@@ -204,5 +207,7 @@ def test_tried_lists_each_tag_against_its_own_baseline(tmp_path):
     assert len(lines) == 4 and not any("untagged" in line for line in lines)
     base = next(line for line in lines if line.startswith("| `base`"))
     thr = next(line for line in lines if line.startswith("| `thr`"))
-    assert "| (defaults) | itself | 31.0 (n=2) | 31.0 (n=2) | +1.0, -1.0 | +0.0 | -1.0, -3.0 | -2.0 |" in base
-    assert "`uda.threshold=0.6` | `base` | 31.0 (n=2) | 36.0 (n=2) | +6.0, +4.0 | +5.0 | +5.0, +3.0 | +4.0 |" in thr
+    assert ("| (defaults) | itself | 20.0 (n=2) | 31.0 (n=2) | 31.0 (n=2) | +11.0, +11.0 (+11.0) | +1.0, -1.0 (+0.0) "
+            "| +9.0, +9.0 (+9.0) |") in base
+    assert ("`uda.threshold=0.6` | `base` | 20.0 (n=2) | 31.0 (n=2) | 36.0 (n=2) | +16.0, +16.0 (+16.0) "
+            "| +6.0, +4.0 (+5.0) | +15.0, +15.0 (+15.0) |") in thr
