@@ -55,7 +55,7 @@ from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.mix import MASK_MODES, classmix_masks, mask_images, mic_batch, mix, patch_mask, strong_augment
 from warpadapt.uda.rcs import RareClassSampler, class_pixel_counts
 from warpadapt.uda.run import (MixedPrecision, RunState, check_common, compile_backbone, log_values, peak_memory_mb,
-                               scaled_lr, set_norm, start_run, static_prior, throughput_switches)
+                               scaled_lr, set_norm, start_run, static_prior, throughput_switches, warp_amplitude)
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)  # the 19 Cityscapes train ids
 
@@ -203,6 +203,7 @@ def main(argv=None) -> dict:
 
         # (a) source: the only warped forward; boxes from the source labels, features unwarped; DAFormer's
         # cross-entropy: the mean over ALL pixels (ignored ones add 0)
+        warp.amplitude = warp_amplitude(cfg.warp.schedule, step, t.schedule_iters)  # warp.schedule, over the LR's horizon
         with grad_sync(student, last == "src"):  # forward under autocast, backward outside it (both in no_sync)
             with amp.autocast():
                 logits, feats = student(x_s, boxes=[b.to(dev, non_blocking=True) for b in src["boxes"]],
@@ -266,7 +267,8 @@ def main(argv=None) -> dict:
             logs = log_values(logs, info, done)  # one collective + one host read; a non-finite loss stops every rank
             n = done - start
             logger.log(done, "train", lr=opt.param_groups[0]["lr"], **logs, data_seconds=data_seconds / n,
-                       images_per_s=(1 + u.enabled) * t.batch_size * info.world_size * n / train_seconds, peak_memory_mb=peak_memory_mb(info))
+                       images_per_s=(1 + u.enabled) * t.batch_size * info.world_size * n / train_seconds, peak_memory_mb=peak_memory_mb(info),
+                       warp_amplitude=warp.amplitude if warp.guidance != "none" else 0.0)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
         if cfg.eval.every and done % cfg.eval.every == 0 and done < t.iters:
             state.save(done)

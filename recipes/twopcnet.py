@@ -40,7 +40,7 @@ from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.nightaug import night_aug, random_hflip
 from warpadapt.uda.pseudo import filter_detections
 from warpadapt.uda.run import (MixedPrecision, RunState, check_common, compile_backbone, log_values, peak_memory_mb,
-                               scaled_lr, set_norm, start_run, static_prior, throughput_switches)
+                               scaled_lr, set_norm, start_run, static_prior, throughput_switches, warp_amplitude)
 
 
 #: 2PCNet's student-scale curriculum (``uda.student_scale``): the values a mapping may leave out.
@@ -259,7 +259,10 @@ def main(argv=None):
             targets = [{k: v.to(info.device, non_blocking=True) for k, v in t.items()} for t in targets]
             images, targets = source_batch(images, targets, uc, gens)
             n_images += len(images) + (len(t_batch[0]) if adapting else 0)
-            out = model(images, targets, warp=cfg.warp.stage == "always" or it < tc.burn_in)
+            warping = cfg.warp.stage == "always" or it < tc.burn_in
+            # warp.schedule: the amplitude over the iterations that warp (burn-in, or all with warp.stage=always)
+            warp.amplitude = warp_amplitude(cfg.warp.schedule, it, tc.iters if cfg.warp.stage == "always" else tc.burn_in)
+            out = model(images, targets, warp=warping)
             losses = dict(out.losses)
             loss = sum(losses.values())
 
@@ -309,7 +312,8 @@ def main(argv=None):
         if step % tc.log_every == 0 or step == tc.iters:  # the only host read of the losses (non-finite: stop)
             scalars = log_values({"loss": loss, **losses}, info, step)  # every rank; averaged over ranks
             logger.log(step, "train", lr=lr, seconds_per_iter=train_time / n_timed, data_seconds=data_time / n_timed,
-                       images_per_s=n_images * info.world_size / train_time, peak_memory_mb=peak_memory_mb(info), **scalars)
+                       images_per_s=n_images * info.world_size / train_time, peak_memory_mb=peak_memory_mb(info),
+                       warp_amplitude=warp.amplitude if warping else 0.0, **scalars)
             shown = {k[5:]: f"{v:.3f}" for k, v in scalars.items() if k.startswith("loss_")}
             bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{lr:.2g}", **shown)
         if cfg.eval.every and step % cfg.eval.every == 0 and step < tc.iters:

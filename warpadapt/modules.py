@@ -38,6 +38,12 @@ def _check_range(name: str, val) -> float:
     return float(val)
 
 
+def _check_amplitude(val) -> float:
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0.0 <= val <= 1.0:
+        raise ValueError(f"amplitude must be a number in [0, 1] (1: the full warp, 0: the identity), got {val!r}")
+    return float(val)
+
+
 def _check_pair(name: str, val, check=None) -> tuple[float, float]:
     if isinstance(val, Tensor):
         val = val.tolist()
@@ -67,6 +73,12 @@ class SaliencyWarp(nn.Module):
             saturates past ~13 and weakens past the map padding ``min(grid_size) - 1``, with a warning).
         bandwidth_scale: b for instance saliency (variance b * box side), default 64, valid in [1e-6, 1e6].
         amplitude_scale: A, each box's mass relative to the floor, default 1, valid in [1e-6, 1e3].
+        amplitude: the share of the warp's displacement applied, in [0, 1], default 1 (the full warp; 0 the
+            identity): every map is blended with the identity (:meth:`Warp.blend`). A plain attribute, so a
+            training loop can schedule it (``sw.amplitude = 0.5``); checked when the warp is built.
+        amplitude_range: None (default) or (lo, hi) with 0 <= lo <= hi <= 1: each image's amplitude is then
+            drawn uniformly in [lo, hi] per forward (times ``amplitude``), from the global torch generator
+            of the images' device (a recipe's saved RNG state makes that exact on resume).
         prior: for "static": a (gh, gw) tensor (gh, gw >= 2) or the path of a file written by ``save_prior``.
         vanishing_point: for "geometric": (u0, v0) as fractions of width and height (two finite numbers;
             outside [0, 1] puts the point outside the image).
@@ -107,6 +119,8 @@ class SaliencyWarp(nn.Module):
         fwhm: float = 13.0,
         bandwidth_scale: float = 64.0,
         amplitude_scale: float = 1.0,
+        amplitude: float = 1.0,
+        amplitude_range: Sequence[float] | None = None,
         prior: Tensor | str | Path | None = None,
         vanishing_point: Sequence[float] = (0.5, 0.45),
         geometric_sigma: Sequence[float] = (0.22, 0.12),
@@ -126,6 +140,11 @@ class SaliencyWarp(nn.Module):
         fwhm = check_fwhm(fwhm)
         bandwidth_scale = _check_range("bandwidth_scale", bandwidth_scale)
         amplitude_scale = _check_range("amplitude_scale", amplitude_scale)
+        amplitude = _check_amplitude(amplitude)
+        if amplitude_range is not None:
+            amplitude_range = _check_pair("amplitude_range", amplitude_range)
+            if not 0.0 <= amplitude_range[0] <= amplitude_range[1] <= 1.0:
+                raise ValueError(f"amplitude_range must be (lo, hi) with 0 <= lo <= hi <= 1, got {amplitude_range!r}")
         vanishing_point = _check_pair("vanishing_point", vanishing_point)
         geometric_sigma = _check_pair("geometric_sigma", geometric_sigma, _check_range)
         if dtype not in (torch.float32, torch.float64):
@@ -144,6 +163,8 @@ class SaliencyWarp(nn.Module):
         self.fwhm = float(fwhm)
         self.bandwidth_scale = float(bandwidth_scale)
         self.amplitude_scale = float(amplitude_scale)
+        self.amplitude = amplitude
+        self.amplitude_range = amplitude_range
         self.vanishing_point = tuple(float(v) for v in vanishing_point)
         self.geometric_sigma = tuple(float(v) for v in geometric_sigma)
         self.method = method
@@ -164,6 +185,8 @@ class SaliencyWarp(nn.Module):
         return (
             f"guidance={self.guidance!r}, grid_size={self.grid_size}, fwhm={self.fwhm}, "
             f"bandwidth_scale={self.bandwidth_scale}, amplitude_scale={self.amplitude_scale}"
+            + (f", amplitude={self.amplitude}" if self.amplitude != 1.0 else "")
+            + (f", amplitude_range={self.amplitude_range}" if self.amplitude_range is not None else "")
         )
 
     def saliency(self, image_size: Sequence[int], boxes=None, batch_size: int | None = None, device=None) -> Tensor:
@@ -189,9 +212,16 @@ class SaliencyWarp(nn.Module):
         return uniform_saliency(batch_size, self.grid_size, device=device)
 
     def make_warp(self, image_size: Sequence[int], boxes=None, batch_size: int | None = None, device=None) -> Warp:
-        """Build the :class:`Warp` for a batch without touching any image."""
+        """Build the :class:`Warp` for a batch without touching any image (``amplitude`` and
+        ``amplitude_range`` applied: a range draws each image's amplitude here)."""
         sal = self.saliency(image_size, boxes, batch_size, device)
-        return Warp.from_saliency(sal.to(self.dtype), self.fwhm, image_size=tuple(int(v) for v in image_size))
+        warp = Warp.from_saliency(sal.to(self.dtype), self.fwhm, image_size=tuple(int(v) for v in image_size))
+        amplitude = _check_amplitude(self.amplitude)
+        if self.amplitude_range is not None:
+            lo, hi = self.amplitude_range
+            u = torch.rand(warp.batch_size, device=warp.device, dtype=warp.dtype)
+            return warp.blend(amplitude * (lo + (hi - lo) * u))
+        return warp.blend(amplitude)
 
     def forward(self, images: Tensor, boxes=None) -> tuple[Tensor, Warp]:
         if not isinstance(images, Tensor):

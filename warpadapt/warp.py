@@ -232,6 +232,38 @@ class Warp:
             idx = slice(idx, idx + 1 if idx != -1 else None)
         return Warp._trusted(self.map_y[idx], self.map_x[idx], self.image_size)
 
+    def blend(self, amplitude) -> "Warp":
+        """A weaker warp: each map moved towards the identity, ``identity + a (map - identity)``.
+
+        ``amplitude`` is a number or a (B,) tensor (one per image), each in [0, 1]: 1 keeps the warp, 0 is
+        the identity, and in between every displacement is scaled by ``a`` (maps stay increasing, so the
+        blend is a warp with its exact inverse). Only a Python number is range-checked here (a tensor
+        would need a host read); the caller keeps a tensor in [0, 1].
+
+        Example:
+            >>> s = torch.ones(2, 5, 9); s[:, 2, 4] = 20.0
+            >>> w = Warp.from_saliency(s, fwhm=3.0)
+            >>> ident = Warp.identity(2, (5, 9)).map_x
+            >>> half = w.blend(torch.tensor([0.5, 0.0]))
+            >>> torch.allclose(half.map_x[0] - ident[0], 0.5 * (w.map_x[0] - ident[0])), torch.equal(half.map_x[1], ident[1])
+            (True, True)
+        """
+        if isinstance(amplitude, Tensor):
+            if amplitude.dim() != 1 or amplitude.shape[0] != self.batch_size:
+                raise ValueError(f"amplitude: expected a number or a ({self.batch_size},) tensor, got shape "
+                                 f"{tuple(amplitude.shape)}")
+            a = amplitude.to(self.map_x.device, self.map_x.dtype)[:, None]
+        else:
+            if not isinstance(amplitude, (int, float)) or not 0.0 <= float(amplitude) <= 1.0:
+                raise ValueError(f"amplitude: expected a number in [0, 1], got {amplitude!r}")
+            if float(amplitude) == 1.0:
+                return self
+            a = float(amplitude)
+        gh, gw = self.map_y.shape[1], self.map_x.shape[1]
+        iy = torch.linspace(0, 1, gh, device=self.map_y.device, dtype=self.map_y.dtype)
+        ix = torch.linspace(0, 1, gw, device=self.map_x.device, dtype=self.map_x.dtype)
+        return Warp._trusted(iy + a * (self.map_y - iy), ix + a * (self.map_x - ix), self.image_size)
+
     def repeat(self, n: int) -> "Warp":
         """Each image's warp repeated n times in a row (e.g. for a source batch plus its augmented copy).
 

@@ -28,7 +28,7 @@ __all__ = ["WARP_KEYS", "warp_from_config", "detection_datasets", "detector_from
 
 #: The keys of ``cfg.warp`` that are :class:`~warpadapt.SaliencyWarp` options (the others say where and
 #: how a recipe uses the warp: ``stage``, ``prior_images``, ``classes``).
-WARP_KEYS = ("guidance", "grid_size", "fwhm", "bandwidth_scale", "amplitude_scale", "method")
+WARP_KEYS = ("guidance", "grid_size", "fwhm", "bandwidth_scale", "amplitude_scale", "amplitude_range", "method")
 
 
 def warp_from_config(cfg: DictConfig, prior=None) -> SaliencyWarp:

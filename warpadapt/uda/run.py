@@ -15,6 +15,7 @@ state that makes a stopped run resume where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import platform
 from contextlib import nullcontext
 import random
@@ -36,7 +37,32 @@ from .config import check_choice, check_range
 from .dist import DistInfo, all_gather_objects, barrier, setup_distributed
 
 __all__ = ["MixedPrecision", "RunState", "StopSignal", "peak_memory_mb", "check_common", "log_values", "run_info",
-           "start_run", "static_prior", "scaled_lr", "set_norm", "throughput_switches", "compile_backbone"]
+           "start_run", "static_prior", "scaled_lr", "set_norm", "throughput_switches", "compile_backbone",
+           "WARP_SCHEDULES", "warp_amplitude"]
+
+#: ``warp.schedule``: how the warp's amplitude goes over the iterations that warp.
+WARP_SCHEDULES = ("constant", "linear_decay", "cosine_decay")
+
+
+def warp_amplitude(schedule: str, step: int, horizon: int) -> float:
+    """The warp's amplitude at ``step`` of the ``horizon`` iterations that warp (``warp.schedule``):
+    ``constant`` 1; ``linear_decay`` 1 - t; ``cosine_decay`` (1 + cos(pi t)) / 2, with t = step / horizon
+    clipped to [0, 1], so a decaying warp reaches the identity at the horizon and the backbone ends on the
+    scale it sees at test time. A function of the step only: a resumed run follows the same curve.
+
+    >>> [warp_amplitude("linear_decay", s, 4) for s in (0, 1, 4, 9)]
+    [1.0, 0.75, 0.0, 0.0]
+    >>> round(warp_amplitude("cosine_decay", 1, 4), 4), warp_amplitude("constant", 3, 4)
+    (0.8536, 1.0)
+    """
+    if schedule not in WARP_SCHEDULES:
+        raise ValueError(f"config: warp.schedule: expected one of {WARP_SCHEDULES}, got {schedule!r}")
+    t = min(max(step / max(horizon, 1), 0.0), 1.0)
+    if schedule == "linear_decay":
+        return 1.0 - t
+    if schedule == "cosine_decay":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0
 
 
 def start_run(cfg: DictConfig) -> tuple[DistInfo, Path, bool]:
@@ -95,6 +121,8 @@ def check_common(cfg: DictConfig) -> None:
     if cfg.eval.model == "teacher" and not cfg.uda.enabled:
         raise ValueError("config: eval.model: teacher needs uda.enabled=true (source-only training has no teacher)")
     check_choice(cfg, "warp.guidance", GUIDANCES)
+    if OmegaConf.select(cfg, "warp.schedule") is not None:
+        check_choice(cfg, "warp.schedule", WARP_SCHEDULES)
     if OmegaConf.select(cfg, "train.amp") is not None:
         check_choice(cfg, "train.amp", MixedPrecision.MODES)
     for key, choices in (("train.lr_base_scale", ("linear", "sqrt")), ("train.matmul_precision", ("highest", "high", "medium"))):
