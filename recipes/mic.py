@@ -53,6 +53,7 @@ from warpadapt.uda.ema import EMATeacher, dacs_keep_rate
 from warpadapt.uda.fdist import ImageNetFeatures, feature_distance
 from warpadapt.uda.logger import MetricsLogger
 from warpadapt.uda.mix import MASK_MODES, classmix_masks, mask_images, mic_batch, mix, patch_mask, strong_augment
+from warpadapt.uda.nightaug import random_vertical_rescale
 from warpadapt.uda.rcs import RareClassSampler, class_pixel_counts
 from warpadapt.uda.run import (MixedPrecision, RunState, check_common, compile_backbone, log_values, peak_memory_mb,
                                scaled_lr, set_norm, start_run, static_prior, throughput_switches, warp_amplitude)
@@ -166,9 +167,12 @@ def main(argv=None) -> dict:
     base_lrs = [g["lr"] for g in opt.param_groups]
     torch.manual_seed(t.seed + 1000 * info.rank)  # dropout differs per rank
     gen = torch.Generator(dev).manual_seed(t.seed + 1000 * info.rank)  # ClassMix, MIC masks, colour jitter
+    gens = {"mix": gen}
+    if u.vertical_rescale is not None:  # the row-scale control's own stream (the others draw as without it)
+        gens["rescale"] = torch.Generator(dev).manual_seed(t.seed + 1000 * info.rank + 500)
 
     # 5. resume: the last checkpoint in out_dir, if asked (and present)
-    state = RunState(out / "last.pt", info, cfg, generators={"mix": gen}, student=model, teacher=teacher, optimizer=opt,
+    state = RunState(out / "last.pt", info, cfg, generators=gens, student=model, teacher=teacher, optimizer=opt,
                      amp=amp)
     start = state.load() if resuming else 0
     logger = MetricsLogger(out, enabled=info.is_main, resume_step=start if start else None, tensorboard=t.tensorboard)
@@ -197,6 +201,11 @@ def main(argv=None) -> dict:
         src, tgt = next(src_it), next(tgt_it) if u.enabled else None
         data_seconds += time.perf_counter() - data_tic
         x_s, y_s = src["images"].to(dev, non_blocking=True), src["semantic"].to(dev, non_blocking=True)
+        boxes_s = [b.to(dev, non_blocking=True) for b in src["boxes"]]
+        if u.vertical_rescale is not None:  # the row-scale control (no warp): image, labels and boxes stretched
+            x_s, moved, y_s, _ = random_vertical_rescale(x_s, u.vertical_rescale, gens["rescale"],
+                                                         [{"boxes": b} for b in boxes_s], y_s, IGNORE_INDEX)
+            boxes_s = [m["boxes"] for m in moved]
         # Each phase runs backward at once (DAFormer does too): one graph in memory at a time. Under DDP the
         # gradients are all-reduced once, by the step's last backward (grad_sync; the others accumulate).
         last = "mic" if u.enabled and u.mic else "mix" if u.enabled else "src"
@@ -206,7 +215,7 @@ def main(argv=None) -> dict:
         warp.amplitude = warp_amplitude(cfg.warp.schedule, step, t.schedule_iters)  # warp.schedule, over the LR's horizon
         with grad_sync(student, last == "src"):  # forward under autocast, backward outside it (both in no_sync)
             with amp.autocast():
-                logits, feats = student(x_s, boxes=[b.to(dev, non_blocking=True) for b in src["boxes"]],
+                logits, feats = student(x_s, boxes=boxes_s,
                                         return_features=True)
                 loss_src = weighted_ce(logits, y_s, 1.0)
                 if imnet is not None:  # the student's bottleneck (unwarped) vs ImageNet's on the plain image, things

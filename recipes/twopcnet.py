@@ -37,7 +37,7 @@ from warpadapt.uda.dist import all_gather_objects, cleanup_distributed, rank0_bu
 from warpadapt.uda.ema import EMATeacher
 from warpadapt.uda.evaluate import evaluate_detection
 from warpadapt.uda.logger import MetricsLogger
-from warpadapt.uda.nightaug import night_aug, random_hflip
+from warpadapt.uda.nightaug import night_aug, random_hflip, random_vertical_rescale
 from warpadapt.uda.pseudo import filter_detections
 from warpadapt.uda.run import (MixedPrecision, RunState, check_common, compile_backbone, log_values, peak_memory_mb,
                                scaled_lr, set_norm, start_run, static_prior, throughput_switches, warp_amplitude)
@@ -90,6 +90,13 @@ def source_batch(images, targets, uc, gens):
     """
     if uc.hflip:
         images, targets = random_hflip(images, targets, gens["flip"])
+    if uc.get("vertical_rescale") is not None:  # the row-scale control (no warp): images and boxes stretched
+        if len({x.shape for x in images}) == 1:
+            stacked, targets, _, _ = random_vertical_rescale(torch.stack(images), uc.vertical_rescale, gens["rescale"], targets)
+            images = list(stacked)
+        else:
+            pairs = [random_vertical_rescale(x[None], uc.vertical_rescale, gens["rescale"], [t]) for x, t in zip(images, targets)]
+            images, targets = [p[0][0] for p in pairs], [p[1][0] for p in pairs]
     if not uc.nightaug:
         return images, targets
     if len({x.shape for x in images}) == 1:
@@ -216,10 +223,11 @@ def main(argv=None):
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer, scheduler = optimizer_and_schedule(tc, params, scaled_lr(cfg, info))
     amp = MixedPrecision(tc.amp, info.device)
-    # this rank's seeded generators, saved with the run: NightAug, flips (uda.hflip), student scale
+    # this rank's seeded generators, saved with the run: NightAug, flips (uda.hflip), student scale, vertical rescale
     # (NightAug and flips draw on the images' device, so their generators live there; the scale is a host number)
+    names = ("nightaug", "flip", "scale") + (("rescale",) if uc.vertical_rescale is not None else ())
     gens = {name: torch.Generator("cpu" if name == "scale" else info.device).manual_seed(
-        tc.seed * 1000 + info.rank + 100_000 * k) for k, name in enumerate(("nightaug", "flip", "scale"))}
+        tc.seed * 1000 + info.rank + 100_000 * k) for k, name in enumerate(names)}
 
     # ------------------------------------------------------------------ resume
     state = RunState(out_dir / "last.pt", info, cfg, generators=gens, student=student, teacher=teacher, amp=amp,

@@ -174,6 +174,68 @@ def random_hflip(images, targets=None, generator: torch.Generator | None = None,
     return out, flipped
 
 
+def random_vertical_rescale(images: torch.Tensor, scale_range, generator: torch.Generator | None = None,
+                            boxes=None, labels: torch.Tensor | None = None, ignore_index: int = 255):
+    """Stretch each image vertically about its middle row by s ~ U(lo, hi): the row-scale control.
+
+    Instance-Warp both zooms the objects and changes the scale of whole rows. This augmentation changes
+    the row scale only (no object is singled out, the columns stay), so ``UDA + random vertical rescale``
+    against ``UDA + Instance-Warp`` separates the two. Unlike the warp it changes the labels, which are
+    moved with the image: output row ``y`` (pixel centre) shows input row ``c + (y - c) / s``, ``c = H / 2``;
+    rows read from outside the image are 0 (labels: ``ignore_index``); box rows map to ``c + (y - c) s``,
+    clipped to the image; a box left under 1 px high is dropped (with its label and any other per-box key).
+
+    Args:
+        images: (B, C, H, W) float.
+        scale_range: (lo, hi), 0 < lo <= hi: s > 1 stretches (the middle rows fill the image), s < 1 squeezes.
+        generator: the draws (on the images' device); None: torch's global one.
+        boxes: None or B dicts with ``boxes`` (N_i, 4) xyxy pixels (other per-box keys, e.g. ``labels``, kept
+            in step).
+        labels: None or (B, H, W) integer label maps, resampled by nearest neighbour.
+
+    Returns:
+        ``(images, boxes, labels, scales)``: boxes / labels None when None was given; ``scales`` (B,).
+
+    Example:
+        >>> x = torch.arange(8.).view(1, 1, 8, 1)  # pixel value = row index
+        >>> t = [{"boxes": torch.tensor([[0., 2., 1., 4.]]), "labels": torch.tensor([3])}]
+        >>> y, bt, _, s = random_vertical_rescale(x, (2.0, 2.0), boxes=t)  # s = 2: rows 2-6 fill the image
+        >>> y[0, 0, :, 0].tolist(), bt[0]["boxes"].tolist()  # box rows 2-4 -> 0-4 (4 + (y - 4) x 2)
+        ([1.75, 2.25, 2.75, 3.25, 3.75, 4.25, 4.75, 5.25], [[0.0, 0.0, 1.0, 4.0]])
+    """
+    lo, hi = (float(v) for v in scale_range)
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"scale_range: expected (lo, hi) with 0 < lo <= hi, got {tuple(scale_range)!r}")
+    b, _, h, w = images.shape
+    dev = images.device
+    s = lo + (hi - lo) * torch.rand(b, generator=generator, device=dev)
+    c = h / 2.0
+    src_rows = c + ((torch.arange(h, device=dev, dtype=torch.float32) + 0.5) - c) / s[:, None]  # (B, H) input rows
+    gy = (src_rows / h * 2.0 - 1.0)[:, :, None].expand(b, h, w)
+    gx = ((torch.arange(w, device=dev, dtype=torch.float32) + 0.5) / w * 2.0 - 1.0)[None, None, :].expand(b, h, w)
+    grid = torch.stack([gx, gy], dim=-1)
+    out = torch.nn.functional.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
+                                          align_corners=False).to(images.dtype)
+    lab = None
+    if labels is not None:
+        picked = torch.nn.functional.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                                                 align_corners=False)[:, 0].round().to(labels.dtype)
+        outside = (src_rows < 0) | (src_rows >= h)
+        lab = torch.where(outside[:, :, None].expand(b, h, w), torch.full_like(picked, ignore_index), picked)
+    moved = None
+    if boxes is not None:
+        moved = []
+        for k, t in enumerate(boxes):
+            bx = t["boxes"]
+            y = (c + (bx[:, [1, 3]] - c) * s[k].to(bx.dtype)).clamp(0, h)
+            nb = torch.stack([bx[:, 0], y[:, 0], bx[:, 2], y[:, 1]], dim=1)
+            keep = (nb[:, 3] - nb[:, 1]) >= 1.0  # boolean indexing: a host sync, paid by this control only
+            n = bx.shape[0]
+            moved.append({key: (nb[keep] if key == "boxes" else v[keep] if isinstance(v, torch.Tensor) and v.dim() >= 1
+                                and v.shape[0] == n else v) for key, v in t.items()})
+    return out, moved, lab, s
+
+
 class NightAug(torch.nn.Module):
     """``nn.Module`` over :func:`night_aug` holding its own seeded generator (CPU or CUDA).
 

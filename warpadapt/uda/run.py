@@ -123,6 +123,10 @@ def check_common(cfg: DictConfig) -> None:
     check_choice(cfg, "warp.guidance", GUIDANCES)
     if OmegaConf.select(cfg, "warp.schedule") is not None:
         check_choice(cfg, "warp.schedule", WARP_SCHEDULES)
+    vr = OmegaConf.select(cfg, "uda.vertical_rescale")
+    if vr is not None and not (len(vr) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vr)
+                               and 0 < vr[0] <= vr[1]):
+        raise ValueError(f"config: uda.vertical_rescale: expected null or [lo, hi] with 0 < lo <= hi, got {vr}")
     if OmegaConf.select(cfg, "train.amp") is not None:
         check_choice(cfg, "train.amp", MixedPrecision.MODES)
     for key, choices in (("train.lr_base_scale", ("linear", "sqrt")), ("train.matmul_precision", ("highest", "high", "medium"))):
