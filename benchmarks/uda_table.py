@@ -1,17 +1,22 @@
-"""The adaptation table: every row of the paper's comparison on the synthetic pairs, 3 seeds each.
+"""The adaptation table on the faithful recipes: every row of the paper's comparison and the controls.
 
-    python benchmarks/uda_table.py                 # run what is missing, then write docs/RESULTS.md
+    python benchmarks/uda_table.py --jobs 2        # run what is missing (prints the compute left), then write docs/RESULTS.md
     python benchmarks/uda_table.py --report-only   # only rewrite docs/RESULTS.md from results/raw
     python benchmarks/uda_table.py --tables detection --seeds 0   # a part of it
-    python benchmarks/uda_table.py --jobs 2        # two runs at once (2 cores: 1.39x the throughput)
     python benchmarks/uda_table.py --quick --out /tmp/q           # tiny runs (the test suite's check)
 
-Each run is one recipe command (``recipes/twopcnet.py`` or ``recipes/mic.py``) with ``train.seed=S``
-and ``eval.target_split=test``: tuning looked only at target ``val``; every number here is on the
-held-out target ``test`` split. A finished run leaves ``<out>/raw/<run>.json`` (the recipe's
-final.json, the exact command, wall time, machine); runs already there are skipped, so the table
-fills over several sittings. Rows are compared per seed against the plain UDA row of the same table
-(same seed = paired).
+Each run is one recipe command (``recipes/twopcnet.py`` or ``recipes/mic.py``) with ``train.seed=S``,
+``threads=1`` and ``eval.target_split=test``: tuning looks only at target ``val`` (the ``fwhm_select``
+rows, whose best FWHM of 4 / 8 / 13 on val every Instance-Warp row then uses); every other number is on
+the held-out target ``test`` split. The UDA and Instance-Warp rows get seeds 0-4, the others 0-2
+(``Row.seeds``; ``--seeds`` narrows). A finished run leaves ``<out>/raw/<run>.json`` (the recipe's
+final.json, the exact command, wall time, machine); runs already there are skipped, so the table fills
+over several sittings, and the runner prints what is left in core-hours before it starts.
+
+Detection rows that share their first ``train.burn_in`` iterations (``Row.burn_in``: UDA and NightAug-only;
+Instance-Warp burn-in-only and always) train them once per seed, in ``<out>/runs/<table>__burn_in__<group>__s<seed>``,
+and resume from a copy of that folder (resume is exact: tests/test_twopcnet.py). Rows are compared per seed
+against their baseline row (same seed = paired): the paired difference, its mean and a 95 % t interval.
 """
 from __future__ import annotations
 
@@ -21,9 +26,11 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +48,10 @@ class Row:
     config: str           # the pair's config name
     overrides: tuple = field(default_factory=tuple)
     baseline: str | None = "uda"   # the row it is paired against (same seed): "name" in this table or "table/name"
+    seeds: int = 3                 # seeds 0 .. seeds - 1
+    burn_in: str | None = None     # detection: rows with the same group share their burn-in (trained once per seed)
+    split: str = "test"            # target split evaluated (val: the FWHM selection only)
+    fwhm: bool = False             # an Instance-Warp row: warp.fwhm is the value fwhm_select chose on val
 
     @property
     def baseline_key(self) -> tuple[str, str] | None:
@@ -52,38 +63,52 @@ class Row:
 DET, SEG = ("twopcnet", "synthetic_day2night"), ("mic", "synthetic_clear2fog")
 
 
+#: The row-scale control's range (uda.vertical_rescale): the diagnosis measured warp-trained detectors
+#: learning objects about x1.7 larger than at test time; the control covers that stretch and a squeeze.
+VERTICAL_RESCALE = "[0.7,1.7]"
+FWHMS = (4, 8, 13)  # the FWHM selection on target val (the paper's 13 and two weaker warps)
+
+
 def _rows() -> list[Row]:
     rows = []
     for recipe, config, table in (DET + ("detection",), SEG + ("segmentation",)):
+        det = recipe == "twopcnet"
+        base_src = ("uda.enabled=false", "uda.nightaug=false") if det else ("uda.enabled=false",)
         rows += [
-            Row(table, "source_only", "source only", recipe, config, ("uda.enabled=false", "warp.guidance=none"), None),
-            Row(table, "uda", "UDA (no warp)", recipe, config, ("warp.guidance=none",), None),
+            Row(table, "source_only", "source only", recipe, config, (*base_src, "warp.guidance=none"), None),
+            *([Row(table, "nightaug_only", "NightAug only (2PCNet without its teacher)", recipe, config,
+                   ("uda.enabled=false", "warp.guidance=none"), None, burn_in="plain")] if det else []),
+            Row(table, "uda", "UDA (no warp)", recipe, config, ("warp.guidance=none",), None, seeds=5,
+                burn_in="plain" if det else None),
             Row(table, "static", "UDA + static prior", recipe, config, ("warp.guidance=static",)),
             Row(table, "geometric", "UDA + geometric prior", recipe, config, ("warp.guidance=geometric",)),
+            Row(table, "vertical_rescale", "UDA + random vertical rescale (row-scale control, no warp)", recipe, config,
+                ("warp.guidance=none", f"uda.vertical_rescale={VERTICAL_RESCALE}")),
         ]
-        if recipe == "twopcnet":
+        inst = "instance_burn_in" if det else "instance"
+        if det:
             rows += [Row(table, "instance_burn_in", "UDA + Instance-Warp (burn-in only)", recipe, config,
-                         ("warp.guidance=instance", "warp.stage=burn_in")),
+                         ("warp.guidance=instance", "warp.stage=burn_in"), seeds=5, burn_in="instance", fwhm=True),
                      Row(table, "instance_always", "UDA + Instance-Warp (always)", recipe, config,
-                         ("warp.guidance=instance", "warp.stage=always"))]
+                         ("warp.guidance=instance", "warp.stage=always"), seeds=5, burn_in="instance", fwhm=True)]
         else:
-            rows.append(Row(table, "instance", "UDA + Instance-Warp", recipe, config, ("warp.guidance=instance",)))
-    # warp intensity on the segmentation pair (FWHM 13 is the instance row itself)
-    for fwhm in (4, 8):
-        rows.append(Row("intensity", f"fwhm{fwhm}", f"Instance-Warp, FWHM {fwhm}", *SEG,
-                        ("warp.guidance=instance", f"warp.fwhm={fwhm}"), "segmentation/uda"))
+            rows.append(Row(table, "instance", "UDA + Instance-Warp", recipe, config, ("warp.guidance=instance",),
+                            seeds=5, fwhm=True))
+        warp = ("warp.guidance=instance",) + (("warp.stage=burn_in",) if det else ())
+        rows += [Row(table, f"schedule_{k}", f"Instance-Warp, amplitude {k.replace('_', ' ')} to 0", recipe, config,
+                     (*warp, f"warp.schedule={k}"), inst, fwhm=True) for k in ("linear_decay", "cosine_decay")]
+        rows.append(Row(table, "amplitude_range", "Instance-Warp, amplitude ~ U(0, 1) per image", recipe, config,
+                        (*warp, "warp.amplitude_range=[0.0,1.0]"), inst, fwhm=True))
+        # the FWHM of every Instance-Warp row, chosen on target VAL: the best mean over seeds 0-2 of these rows
+        for f in FWHMS:
+            rows.append(Row("fwhm_select", f"{table}_fwhm{f}", f"{table}: Instance-Warp, FWHM {f} (target val)",
+                            recipe, config, (*warp, f"warp.fwhm={f}"), None, split="val",
+                            burn_in=f"instance_fwhm{f}" if det else None))
     # backbones on the segmentation pair (pvt_v2_b0 is the default: the segmentation table's rows)
-    for bb in ("resnet18", "vit_tiny_patch16_224"):
+    for bb in ("resnet18", "vit_tiny_patch16_224", "convnext_atto"):
         rows += [Row("backbones", f"{bb}_uda", f"{bb}: UDA (no warp)", *SEG, (f"model.backbone={bb}", "warp.guidance=none"), None),
                  Row("backbones", f"{bb}_instance", f"{bb}: + Instance-Warp", *SEG,
-                     (f"model.backbone={bb}", "warp.guidance=instance"), f"{bb}_uda")]
-    # BatchNorm running statistics kept to the source forward (train.bn_stats=source; docs/RESULTS_reading.md):
-    # the UDA rows are paired against the same row trained with bn_stats=all, the warp rows against their UDA row
-    for bb, base in (("pvt_v2_b0", "segmentation/uda"), ("resnet18", "backbones/resnet18_uda")):
-        rows += [Row("bn_stats", f"{bb}_uda", f"{bb}: UDA (no warp), bn_stats=source", *SEG,
-                     (f"model.backbone={bb}", "warp.guidance=none", "train.bn_stats=source"), base),
-                 Row("bn_stats", f"{bb}_instance", f"{bb}: + Instance-Warp, bn_stats=source", *SEG,
-                     (f"model.backbone={bb}", "warp.guidance=instance", "train.bn_stats=source"), f"{bb}_uda")]
+                     (f"model.backbone={bb}", "warp.guidance=instance"), f"{bb}_uda", fwhm=True)]
     return rows
 
 
@@ -110,10 +135,39 @@ def run_id(row: Row, seed: int) -> str:
     return f"{row.table}__{row.name}__s{seed}"
 
 
-def command(row: Row, seed: int, run_dir: Path, quick: bool) -> list[str]:
+def _metric(recipe: str) -> str:
+    return "target_map50" if recipe == "twopcnet" else "target_miou"
+
+
+def fwhm_choice(out: Path, recipe: str) -> int | None:
+    """The FWHM the Instance-Warp rows of ``recipe`` use: the best mean target-VAL metric over the seeds of
+    the ``fwhm_select`` rows (ties: the larger, the paper's side); None until every one of those runs is done."""
+    means = {}
+    for row in (r for r in ROWS if r.table == "fwhm_select" and r.recipe == recipe):
+        vals = []
+        for s in range(row.seeds):
+            raw = out / "raw" / f"{run_id(row, s)}.json"
+            if not raw.exists():
+                return None
+            vals.append(json.loads(raw.read_text())["final"][_metric(recipe)])
+        means[int(row.name.rsplit("fwhm", 1)[1])] = statistics.mean(vals)
+    return max(sorted(means), key=lambda f: means[f]) if means else None
+
+
+def resolve(row: Row, fwhm: int | None) -> tuple[tuple, str | None]:
+    """(overrides, burn-in group) of a row once the FWHM is known (Instance-Warp rows: ``warp.fwhm``, and the
+    burn-in they share is that of the selection row with the same FWHM)."""
+    if not row.fwhm:
+        return row.overrides, row.burn_in
+    if fwhm is None:
+        raise ValueError(f"{row.table}/{row.name}: the FWHM selection on val is not finished")
+    return (*row.overrides, f"warp.fwhm={fwhm}"), (f"instance_fwhm{fwhm}" if row.burn_in else None)
+
+
+def command(row: Row, seed: int, run_dir: Path, quick: bool, overrides: tuple | None = None) -> list[str]:
     cmd = [sys.executable, str(ROOT / "recipes" / f"{row.recipe}.py"), "--config", row.config,
-           *row.overrides, f"train.seed={seed}", "eval.target_split=test", f"threads={RUN_THREADS}",
-           f"out_dir={run_dir}"]
+           *(row.overrides if overrides is None else overrides), f"train.seed={seed}", f"eval.target_split={row.split}",
+           f"threads={RUN_THREADS}", f"out_dir={run_dir}"]
     return cmd + list(QUICK[row.recipe]) if quick else cmd
 
 
@@ -128,17 +182,65 @@ def _say(msg: str) -> None:
     sys.stdout.flush()
 
 
+_LOCKS: dict = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _burn_in_folder(row: Row, group: str, seed: int, out: Path, overrides: tuple, quick: bool) -> Path | None:
+    """The shared burn-in of ``group`` for this seed, trained once (rows waiting for it block on a lock);
+    None if it failed. Its run is the row's own command stopped at ``train.burn_in``."""
+    folder = out / "runs" / f"{row.table}__burn_in__{group}__s{seed}"
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(folder, threading.Lock())
+    with lock:
+        if not (folder / "final.json").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = command(row, seed, folder, quick, overrides)
+            iters = _config_value(row.recipe, probe[2:], "train.burn_in")
+            cmd = probe + ["resume=true", f"train.iters={iters}"]
+            _say(f"[uda_table] burn-in {folder.name}: {shlex.join(cmd[1:])}")
+            with open(folder / "log.txt", "a") as log:
+                if subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                    _say(f"[uda_table] FAILED burn-in {folder.name}; see {folder / 'log.txt'}")
+                    return None
+    return folder
+
+
+def _config_value(recipe: str, args: list[str], key: str):
+    """A value of the config a recipe command line resolves to (``--config NAME k=v ...``)."""
+    from omegaconf import OmegaConf
+
+    from warpadapt.uda.config import load_config
+
+    return OmegaConf.select(load_config(ROOT / "recipes" / f"{recipe}.py", list(args), default=""), key)
+
+
 def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
     raw = out / "raw" / f"{run_id(row, seed)}.json"
     if raw.exists():
         return json.loads(raw.read_text())
+    choice = fwhm_choice(out, row.recipe) if row.fwhm else None
+    if row.fwhm and choice is None:
+        if not quick:
+            _say(f"[uda_table] {run_id(row, seed)} waits: its FWHM is chosen on val by the fwhm_select rows, not all done")
+            return None
+        choice = 13  # tiny runs: the paper's FWHM
+    overrides, group = resolve(row, choice)
     run_dir = out / "runs" / run_id(row, seed)
+    t0 = time.time()
+    burn = None
+    if group is not None and not (run_dir / "last.pt").exists():  # resume from a copy of the shared burn-in
+        burn = _burn_in_folder(row, group, seed, out, overrides, quick)
+        if burn is None:
+            return None
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        shutil.copytree(burn, run_dir, ignore=shutil.ignore_patterns("final.json", "log.txt"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = command(row, seed, run_dir, quick)
+    cmd = command(row, seed, run_dir, quick, overrides)
     # resume=true: a sitting that was stopped mid-run continues from its last checkpoint
     cmd.append("resume=true")
     _say(f"[uda_table] {run_id(row, seed)}: {shlex.join(cmd[1:])}")
-    t0 = time.time()
     with open(run_dir / "log.txt", "a") as log:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
@@ -150,12 +252,36 @@ def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
               "command": _relative(shlex.join(["python", *cmd[1:]])),
               "wall_seconds": round(time.time() - t0, 1), "quick": quick,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-              "final": final}
+              "commit": _git_commit(), "final": final}
+    if burn is not None:
+        record["burn_in"] = _relative(str(burn))
     raw.parent.mkdir(parents=True, exist_ok=True)
     tmp = raw.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, raw)
     return record
+
+
+def _git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+#: Core-minutes of one run when no finished run says better (threads=1, 2 cores, the faithful defaults).
+DEFAULT_MINUTES = {"twopcnet": 17.0, "mic": 14.0}
+
+
+def compute_left(todo: list[tuple[Row, int]], out: Path) -> tuple[int, float]:
+    """(runs left, core-hours left): each run at the median wall time of the finished runs of its recipe
+    (``DEFAULT_MINUTES`` before any), a run resuming from a shared burn-in at the same (an upper bound)."""
+    done: dict = {}
+    for p in (out / "raw").glob("*.json"):
+        r = json.loads(p.read_text())
+        if _num(r.get("wall_seconds")) is not None and not r.get("quick"):
+            done.setdefault(r.get("recipe"), []).append(r["wall_seconds"] / 60)
+    left = [(r, s) for r, s in todo if not (out / "raw" / f"{run_id(r, s)}.json").exists()]
+    minutes = sum(statistics.median(done[r.recipe]) if done.get(r.recipe) else DEFAULT_MINUTES[r.recipe] for r, _ in left)
+    return len(left), minutes / 60
 
 
 # ------------------------------------------------------------------ report
@@ -181,6 +307,37 @@ def _ms(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+#: Student's t, 0.975 quantile, by degrees of freedom (a 95 % two-sided interval); 1.96 beyond.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def paired_interval(diffs: list[float]) -> tuple[float, float, float] | None:
+    """(mean, low, high) of the 95 % t interval of the mean of paired differences (None under 2 of them).
+
+    >>> [round(v, 3) for v in paired_interval([3.0, 1.0])]
+    [2.0, -10.706, 14.706]
+    """
+    if len(diffs) < 2:
+        return None
+    m, sd, n = statistics.mean(diffs), statistics.stdev(diffs), len(diffs)
+    t = T975.get(n - 1) or next((T975[k] for k in sorted(T975) if k >= n - 1), 1.96)
+    half = t * sd / math.sqrt(n)
+    return m, m - half, m + half
+
+
+def _delta_cell(diffs: list[float], scale: float) -> str:
+    """mean ± std of the paired differences, their 95 % t interval and whether it excludes 0, per seed."""
+    if not diffs:
+        return "-"
+    d = [v * scale for v in diffs]
+    ci = paired_interval(d)
+    text = _ms(diffs, scale)
+    if ci is not None:
+        text += f", 95 % CI [{ci[1]:+.1f}, {ci[2]:+.1f}] ({'excludes' if ci[1] > 0 or ci[2] < 0 else 'includes'} 0)"
+    return text + f" (per seed: {', '.join(f'{v:+.1f}' for v in d)})"
+
+
 def _table(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
     recipe = rows[0].recipe
     metrics = METRICS[recipe]
@@ -197,7 +354,7 @@ def _table(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
                 a, b = recs.get((row.table, row.name, s)), recs.get((*row.baseline_key, s))
                 if a and b and _num(a["final"].get(metrics[0][0])) is not None and _num(b["final"].get(metrics[0][0])) is not None:
                     diffs.append(a["final"][metrics[0][0]] - b["final"][metrics[0][0]])
-            cells.append(_ms(diffs, metrics[0][2]) + (f" (per seed: {', '.join(f'{d * 100:+.1f}' for d in diffs)})" if diffs else ""))
+            cells.append(_delta_cell(diffs, metrics[0][2]))
         else:
             cells.append("baseline" if any(r.baseline_key == (row.table, row.name) for r in ROWS) else "-")
         cells.append(_ms([_num(r["final"].get("seconds_per_iter")) for r in got], 1, 2))
@@ -368,53 +525,35 @@ def _bn_recalibration(out: Path, seeds: list[int]) -> list[str]:
             "statistics, not its weights, hold it back, the re-estimated columns say so.", "", *lines, ""]
 
 
-def _intensity_plot(recs: dict, seeds: list[int], path: Path) -> bool:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    pts = []
-    for fwhm, table, name in ((4, "intensity", "fwhm4"), (8, "intensity", "fwhm8"), (13, "segmentation", "instance")):
-        vals = [_num(recs[(table, name, s)]["final"].get("target_miou")) for s in seeds if (table, name, s) in recs]
-        vals = [v * 100 for v in vals if v is not None]
-        if vals:
-            pts.append((fwhm, statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0))
-    base = [_num(recs[("segmentation", "uda", s)]["final"].get("target_miou")) for s in seeds if ("segmentation", "uda", s) in recs]
-    base = [v * 100 for v in base if v is not None]
-    if not pts:
-        return False
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                label="UDA + Instance-Warp")
-    if base:
-        ax.axhline(statistics.mean(base), color="gray", linestyle="--", label="UDA (no warp)")
-    ax.set_xlabel("warp FWHM (grid cells; larger = stronger zoom)")
-    ax.set_ylabel("target test mIoU")
-    ax.set_title("synthetic_clear2fog: target mIoU vs warp intensity")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-#: What the raw records in results/raw measured: a run records its command, not the code's version.
-CODE_NOTE = ("**These runs used the recipes as they were up to commit 2ab6164, before they followed their "
-             "methods' code** (2PCNet's KL reduction and boxes, warp stage and LR schedule; MIC's teacher mode, "
-             "mask fill, mask mode, ClassMix draw and DAFormer's flips). They judge that port; the table is to be "
-             "redone on the faithful recipes (`benchmarks/uda_vs_source.py` first checks that UDA beats source-only).")
+#: The table before the recipes followed their methods' code, kept as it was measured.
+SUPERSEDED = ("The table measured on the recipes before they followed their methods' code (up to commit 2ab6164; 51 "
+              "runs, 3 seeds) is kept, with its raw records, diagnosis and reading, in "
+              "`results/superseded/port_2ab6164/` (RESULTS.md there).")
+#: The tag of results/uda_vs_source whose runs decide the rule (the recipes' defaults on this testbed).
+DECISION_TAG = "default"
 
 
 def _decision_rule() -> list[str]:
-    """The decision rule on the faithful recipes (``benchmarks/uda_vs_source.py --tag after``), first."""
+    """The decision rule on the faithful recipes (``benchmarks/uda_vs_source.py``), first, with what was
+    tried for detection."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from uda_vs_source import decision
+    from uda_vs_source import decision, tried
 
-    folder = ROOT / "results" / "uda_vs_source" / "after"
+    root = ROOT / "results" / "uda_vs_source"
+    meta = root / DECISION_TAG / "tag.json"
+    source_from = json.loads(meta.read_text()).get("source_from") if meta.exists() else None
     return ["## First: does the base method beat source-only? (faithful recipes, target val)", "",
-            *decision(folder), "",
-            f"From `results/uda_vs_source/after/raw/` (`python benchmarks/uda_vs_source.py --tag after`; every run "
-            "the recipe's default with `warp.guidance=none`, `threads=1`). The tables below are the older runs.", ""]
+            *decision(root / DECISION_TAG, source_from=root / source_from if source_from else None), "",
+            f"From `results/uda_vs_source/{DECISION_TAG}/raw/` (`python benchmarks/uda_vs_source.py --tag {DECISION_TAG}`; "
+            "every run the recipe's default with `warp.guidance=none`, `threads=1`, target val).", "",
+            "### What was tried for detection (each tag of `results/uda_vs_source/`, target val, seeds 0-2)", "",
+            *tried(root, "twopcnet"), ""]
+
+
+TITLES = {"detection": "Detection: 2PCNet on synthetic_day2night (target mAP50, %)",
+          "segmentation": "Segmentation: DACS + MIC on synthetic_clear2fog (target mIoU, %)",
+          "fwhm_select": "FWHM of the warp, chosen on target VAL (every Instance-Warp row above uses the choice)",
+          "backbones": "Backbones (segmentation, synthetic_clear2fog; pvt_v2_b0 = the segmentation table)"}
 
 
 def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
@@ -423,42 +562,45 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
         r = json.loads(p.read_text())
         recs[(r["table"], r["row"], r["seed"])] = r
     total = sum(r["wall_seconds"] for r in recs.values())
+    main_results = out.resolve() == (ROOT / "results").resolve()
+    todo = [(r, s) for r in ROWS for s in range(r.seeds)]
     lines = ["# Results: the adaptation table on the synthetic pairs", "",
              "Written by `python benchmarks/uda_table.py` from `results/raw/*.json` (do not edit by hand: "
              "the plain reading lives in `docs/RESULTS_reading.md` and is pasted below).", "",
-             *([CODE_NOTE, ""] + _decision_rule() if out.resolve() == (ROOT / "results").resolve() else []),
-             f"Runs found: {len(recs)}; total training wall time {total / 3600:.1f} h. Seeds: {seeds}. "
-             "Every number is on the held-out target `test` split (tuning looked at `val` only); "
+             *([SUPERSEDED, ""] + _decision_rule() if main_results else []),
+             f"Runs found: {len(recs)} of {len(todo)}; total training wall time {total / 3600:.1f} h; left: about "
+             f"{compute_left(todo, out)[1]:.1f} core-hours. UDA and Instance-Warp rows: seeds 0-4, the others 0-2. "
+             "Every number is on the held-out target `test` split except the FWHM selection's (target `val`); "
              "mean ± std over seeds; Δ is the per-seed paired difference against the baseline row "
-             "(same seed), its mean ± std and the per-seed values.", ""]
+             "(same seed): its mean ± std, the 95 % t interval of the mean, and the per-seed values.", ""]
+    for recipe in ("twopcnet", "mic"):
+        f = fwhm_choice(out, recipe)
+        lines += [f"FWHM used by the Instance-Warp rows of `{recipe}.py`: "
+                  + (f"**{f}** (best mean on target val)." if f else "not chosen yet (the fwhm_select rows are not all done).")]
+    lines.append("")
     machines = sorted({r["machine"] for r in recs.values()})
     if machines:
         lines += [f"Machine: {', '.join(machines)}.", ""]
-    titles = {"detection": "Detection: 2PCNet on synthetic_day2night (target mAP50, %)",
-              "segmentation": "Segmentation: DACS + MIC on synthetic_clear2fog (target mIoU, %)",
-              "intensity": "Warp intensity (segmentation, synthetic_clear2fog; FWHM 13 = the table's Instance-Warp row; Δ against its UDA row)",
-              "backbones": "Backbones (segmentation, synthetic_clear2fog; pvt_v2_b0 = the table above)",
-              "bn_stats": "BatchNorm statistics from the source forward only (segmentation, train.bn_stats=source; "
-                          "Δ of a UDA row: against the same row with bn_stats=all; of a warp row: against its UDA row)"}
-    for table, title in titles.items():
-        rows = [r for r in ROWS if r.table == table]
-        lines += [f"## {title}", ""]
-        lines += _table(rows, recs, seeds)
-        if table in ("detection", "segmentation"):
-            per_class = _per_class(rows, recs, seeds)
-            if per_class:
-                lines += ["", f"Per class, target test, paired Δ against the baseline (mean ± std over seeds):", ""]
-                lines += per_class
-        example = next((recs[k] for k in sorted(recs) if k[0] == table), None)
-        if example:
-            lines += ["", f"Command of one run (the others differ only in the row's overrides and the seed): "
-                          f"`{_relative(example['command'])}`"]
-        lines.append("")
+    for table, title in TITLES.items():
+        for recipe in ("twopcnet", "mic"):
+            rows = [r for r in ROWS if r.table == table and r.recipe == recipe]
+            if not rows:
+                continue
+            lines += [f"## {title}" + (f" ({recipe}.py)" if table == "fwhm_select" else ""), ""]
+            lines += _table(rows, recs, seeds)
+            if table in ("detection", "segmentation"):
+                per_class = _per_class(rows, recs, seeds)
+                if per_class:
+                    lines += ["", "Per class, target test, paired Δ against the baseline (mean ± std over seeds):", ""]
+                    lines += per_class
+            example = next((recs[k] for k in sorted(recs) if k[0] == table and recs[k]["recipe"] == recipe), None)
+            if example:
+                lines += ["", f"Command of one run (the others differ only in the row's overrides and the seed): "
+                              f"`{_relative(example['command'])}`"]
+            lines.append("")
     diagnosis = _warp_effects(out) + _diagnosis(out, seeds) + _diagnosis_segmentation(out, seeds) + _bn_recalibration(out, seeds)
     if diagnosis:
         lines += ["## Diagnosis", "", *diagnosis]
-    if _intensity_plot(recs, seeds, doc.parent / "results_intensity.png"):
-        lines += ["![target mIoU vs warp intensity](results_intensity.png)", ""]
     if reading:
         lines += ["## Reading", "", reading.strip(), ""]
     doc.write_text("\n".join(lines))
@@ -469,7 +611,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "results", help="results folder (raw/ and runs/ inside)")
     ap.add_argument("--doc", type=Path, default=None, help="report path (default docs/RESULTS.md, or OUT/RESULTS.md with --quick)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds (default: each row's own, 0-4 or 0-2)")
     ap.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
     ap.add_argument("--rows", nargs="+", default=None, help="only these row names")
     ap.add_argument("--quick", action="store_true", help="tiny runs (seconds each): checks the pipeline, numbers mean nothing")
@@ -480,20 +622,29 @@ def main(argv=None) -> int:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
     doc = args.doc or (args.out / "RESULTS.md" if args.quick else ROOT / "docs" / "RESULTS.md")
     if not args.report_only:
-        todo = [(r, s) for s in args.seeds for r in ROWS
-                if r.table in args.tables and (args.rows is None or r.name in args.rows)]
-        def one(job):
-            i, (row, seed) = job
-            _say(f"[uda_table] {i}/{len(todo)}")
-            return run_one(row, seed, args.out, args.quick) is None
+        todo = [(r, s) for r in ROWS for s in range(r.seeds)
+                if r.table in args.tables and (args.rows is None or r.name in args.rows)
+                and (args.seeds is None or s in args.seeds)]
+        n, hours = compute_left(todo, args.out)
+        _say(f"[uda_table] {n} of {len(todo)} runs left, about {hours:.1f} core-hours "
+             f"({hours / args.jobs:.1f} h with --jobs {args.jobs})")
+        failed = 0
+        # the FWHM selection first: every Instance-Warp row uses its choice
+        for phase in ([j for j in todo if j[0].table == "fwhm_select"], [j for j in todo if j[0].table != "fwhm_select"]):
+            def one(job, phase=phase):
+                i, (row, seed) = job
+                _say(f"[uda_table] {i}/{len(phase)} of this phase")
+                return run_one(row, seed, args.out, args.quick) is None
 
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a subprocess
-            failed = sum(pool.map(one, enumerate(todo, 1)))
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a subprocess
+                failed += sum(pool.map(one, enumerate(phase, 1)))
         if failed:
-            print(f"[uda_table] {failed} run(s) failed")
+            print(f"[uda_table] {failed} run(s) failed or wait")
+        n, hours = compute_left(todo, args.out)
+        _say(f"[uda_table] left: {n} runs, about {hours:.1f} core-hours")
     reading_file = ROOT / "docs" / "RESULTS_reading.md"
     reading = reading_file.read_text() if reading_file.exists() and not args.quick else ""
-    print(f"[uda_table] wrote {report(args.out, args.seeds, doc, reading)}")
+    print(f"[uda_table] wrote {report(args.out, sorted({s for r in ROWS for s in range(r.seeds)}), doc, reading)}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """benchmarks/uda_table.py --quick: tiny runs through both recipes, raw JSON, skip-if-done, report."""
 import importlib.util
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -21,15 +22,52 @@ def test_rows_cover_the_table():
     table = _load()
     names = {(r.table, r.name) for r in table.ROWS}
     for t in ("detection", "segmentation"):
-        assert {(t, "source_only"), (t, "uda"), (t, "static"), (t, "geometric")} <= names
-    assert {("detection", "instance_burn_in"), ("detection", "instance_always"), ("segmentation", "instance")} <= names
-    assert len([n for n in names if n[0] == "intensity"]) == 2 and len([n for n in names if n[0] == "backbones"]) == 4
-    assert table.TABLES == ("detection", "segmentation", "intensity", "backbones", "bn_stats")
-    assert all("train.bn_stats=source" in r.overrides for r in table.ROWS if r.table == "bn_stats")
-    for r in table.ROWS:  # every warp row is paired against a row that exists
+        assert {(t, "source_only"), (t, "uda"), (t, "static"), (t, "geometric"), (t, "vertical_rescale"),
+                (t, "schedule_linear_decay"), (t, "schedule_cosine_decay"), (t, "amplitude_range")} <= names
+        assert {(f"fwhm_select", f"{t}_fwhm{f}") for f in (4, 8, 13)} <= names
+    assert {("detection", "instance_burn_in"), ("detection", "instance_always"), ("segmentation", "instance"),
+            ("detection", "nightaug_only")} <= names
+    assert len([n for n in names if n[0] == "backbones"]) == 6
+    assert table.TABLES == ("detection", "fwhm_select", "segmentation", "backbones")
+    by = {(r.table, r.name): r for r in table.ROWS}
+    # 5 seeds for the UDA and Instance-Warp rows, 3 for the rest
+    assert {k for k, r in by.items() if r.seeds == 5} == {("detection", "uda"), ("detection", "instance_burn_in"),
+                                                          ("detection", "instance_always"), ("segmentation", "uda"),
+                                                          ("segmentation", "instance")}
+    # source-only is the lower bound: no NightAug; the schedule rows pair with the constant warp
+    assert "uda.nightaug=false" in by[("detection", "source_only")].overrides
+    assert by[("detection", "schedule_cosine_decay")].baseline == "instance_burn_in"
+    assert by[("segmentation", "amplitude_range")].baseline == "instance"
+    # only rows whose first train.burn_in iterations are one computation share a burn-in
+    assert by[("detection", "uda")].burn_in == by[("detection", "nightaug_only")].burn_in == "plain"
+    assert by[("detection", "instance_burn_in")].burn_in == by[("detection", "instance_always")].burn_in == "instance"
+    assert by[("detection", "schedule_linear_decay")].burn_in is None and by[("detection", "source_only")].burn_in is None
+    for r in table.ROWS:  # every row is paired against a row that exists; val only for the FWHM selection
         assert r.baseline is None or r.baseline_key in names
         cmd = table.command(r, 0, Path("/tmp/x"), quick=False)
-        assert "eval.target_split=test" in cmd and "threads=1" in cmd  # results must not depend on --jobs
+        assert f"eval.target_split={'val' if r.table == 'fwhm_select' else 'test'}" in cmd and "threads=1" in cmd
+        assert r.fwhm == ("warp.guidance=instance" in r.overrides and r.table != "fwhm_select")
+    overrides, group = table.resolve(by[("detection", "instance_always")], 8)
+    assert "warp.fwhm=8" in overrides and group == "instance_fwhm8" == by[("fwhm_select", "detection_fwhm8")].burn_in
+    with pytest.raises(ValueError, match="FWHM selection on val is not finished"):
+        table.resolve(by[("segmentation", "instance")], None)
+
+
+def test_fwhm_choice_is_the_best_val_mean_once_all_runs_are_done(tmp_path):
+    table = _load()
+    (tmp_path / "raw").mkdir()
+    vals = {4: (0.30, 0.34, 0.32), 8: (0.36, 0.30, 0.33), 13: (0.31, 0.31, 0.31)}  # means 32, 33, 31
+    for f, per in vals.items():
+        for s, v in enumerate(per):
+            if f == 13 and s == 2:
+                continue
+            (tmp_path / "raw" / f"fwhm_select__segmentation_fwhm{f}__s{s}.json").write_text(json.dumps({"final": {"target_miou": v}}))
+    assert table.fwhm_choice(tmp_path, "mic") is None  # one run missing
+    (tmp_path / "raw" / "fwhm_select__segmentation_fwhm13__s2.json").write_text(json.dumps({"final": {"target_miou": 0.31}}))
+    assert table.fwhm_choice(tmp_path, "mic") == 8 and table.fwhm_choice(tmp_path, "twopcnet") is None
+    n, hours = table.compute_left([(r, 0) for r in table.ROWS if r.recipe == "mic" and r.table != "fwhm_select"], tmp_path)
+    assert n == len([r for r in table.ROWS if r.recipe == "mic" and r.table != "fwhm_select"])
+    assert hours == pytest.approx(n * table.DEFAULT_MINUTES["mic"] / 60)  # no finished run has a wall time yet
 
 
 def test_quick_runs_write_raw_json_skip_done_and_report(tmp_path):
@@ -43,6 +81,9 @@ def test_quick_runs_write_raw_json_skip_done_and_report(tmp_path):
                                       ("segmentation", "uda"), ("segmentation", "instance")))
     rec = json.loads((tmp_path / "raw" / "detection__instance_always__s1.json").read_text())
     assert rec["final"]["target_split"] == "test" and "train.seed=1" in rec["command"]
+    # the detection rows resumed from their shared burn-in (tiny runs: the paper's FWHM 13)
+    assert rec["burn_in"].endswith("detection__burn_in__instance_fwhm13__s1") and "warp.fwhm=13" in rec["command"]
+    assert json.loads((tmp_path / "raw" / "detection__uda__s0.json").read_text())["burn_in"].endswith("detection__burn_in__plain__s0")
     assert "warp.guidance=instance" in rec["command"] and rec["final"]["iters"] == 2
     seg = json.loads((tmp_path / "raw" / "segmentation__instance__s0.json").read_text())
     assert "target_miou" in seg["final"]
@@ -79,24 +120,31 @@ def test_quick_runs_write_raw_json_skip_done_and_report(tmp_path):
     assert "| class | Δ IoU: UDA + Instance-Warp |" in report
 
 
-def test_report_pairs_by_seed_across_tables_and_per_class(tmp_path):
+def test_report_pairs_by_seed_with_a_t_interval_and_per_class(tmp_path):
     """Fake raw records with known numbers: the Δ column is the per-seed difference (not a difference of
-    means), an intensity row pairs with the segmentation table's UDA row, per-class Δ skips null classes."""
+    means) with its 95 % t interval, a schedule row pairs with the constant warp, per-class Δ skips null classes."""
     table = _load()
     (tmp_path / "raw").mkdir()
     vals = {("segmentation", "uda"): {0: 0.30, 1: 0.20}, ("segmentation", "instance"): {0: 0.35, 1: 0.22},
-            ("intensity", "fwhm4"): {0: 0.33, 1: 0.21}}
+            ("segmentation", "schedule_linear_decay"): {0: 0.33, 1: 0.21}}
     for (t, r), per_seed in vals.items():
         for s, v in per_seed.items():
             rec = {"table": t, "row": r, "seed": s, "wall_seconds": 1.0, "machine": "m", "command": "python x",
-                   "final": {"target_miou": v, "target_iou": {"road": v, "bus": None}, "seconds_per_iter": 0.5}}
+                   "recipe": "mic", "final": {"target_miou": v, "target_iou": {"road": v, "bus": None}, "seconds_per_iter": 0.5}}
             (tmp_path / "raw" / f"{t}__{r}__s{s}.json").write_text(json.dumps(rec))
     text = table.report(tmp_path, [0, 1], tmp_path / "R.md").read_text()
-    fwhm4 = next(line for line in text.splitlines() if line.startswith("| Instance-Warp, FWHM 4 |"))
-    assert "2.0 ± 1.4 (per seed: +3.0, +1.0)" in fwhm4  # Δ = +3, +1 paired; std of (3, 1) = 1.41
+    inst = next(line for line in text.splitlines() if line.startswith("| UDA + Instance-Warp |"))
+    # +5, +2: mean 3.5, std 2.12, t(1) = 12.706: half-width 12.706 x 2.12 / sqrt 2 = 19.06
+    assert "3.5 ± 2.1, 95 % CI [-15.6, +22.6] (includes 0) (per seed: +5.0, +2.0)" in inst
+    seg = text[text.index("## Segmentation"):]
+    sched = next(line for line in seg.splitlines() if line.startswith("| Instance-Warp, amplitude linear decay to 0 |"))
+    assert "-1.5 ± 0.7" in sched and "(per seed: -2.0, -1.0)" in sched  # against the constant warp, seed by seed
     assert "| UDA (no warp) | 2 | 25.0 ± 7.1 |" in text and "baseline" in text
     assert "| road | 3.5 ± 2.1 |" in text  # per class: Δ road IoU +5, +2
     assert "| bus |" not in text  # absent from the test split in every run
+    assert "not chosen yet" in text
+    lo, hi = table.paired_interval([4.0, 5.0, 6.0, 5.0, 5.0])[1:]
+    assert lo > 0 and hi == pytest.approx(5 + 2.776 * statistics.stdev([4.0, 5.0, 6.0, 5.0, 5.0]) / 5 ** 0.5)
 
 
 def test_report_bn_recalibration_pairs_each_treatment(tmp_path):
@@ -106,7 +154,7 @@ def test_report_bn_recalibration_pairs_each_treatment(tmp_path):
     (tmp_path / "diagnose" / "bn").mkdir(parents=True)
     vals = {("segmentation", "uda"): {0: (0.30, 0.34, 0.35), 1: (0.20, 0.26, 0.27)},
             ("segmentation", "instance"): {0: (0.35, 0.36, 0.36), 1: (0.22, 0.25, 0.30)},
-            ("bn_stats", "pvt_v2_b0_uda"): {0: (0.33, 0.33, 0.34)}}
+            ("backbones", "resnet18_uda"): {0: (0.33, 0.33, 0.34)}}
     for (t, r), per_seed in vals.items():
         for s, v in per_seed.items():
             rec = {"run": f"{t}__{r}__s{s}", "images": 8,
@@ -119,8 +167,8 @@ def test_report_bn_recalibration_pairs_each_treatment(tmp_path):
     assert cells[5] == "3.5 ± 2.1 (+5.0, +2.0)"    # as trained: 35-30, 22-20
     assert cells[6] == "0.5 ± 2.1 (+2.0, -1.0)"    # source statistics: 36-34, 25-26
     assert cells[7] == "2.0 ± 1.4 (+1.0, +3.0)"    # target statistics: 36-35, 30-27
-    bn_row = next(line for line in lines if line.startswith("| pvt_v2_b0: UDA (no warp), bn_stats=source |"))
-    assert "+3.0)" in bn_row and "-1.0)" in bn_row  # seed 0 against segmentation/uda: 33-30, 33-34
+    bb_row = next(line for line in lines if line.startswith("| resnet18: UDA (no warp) |"))
+    assert "| 1 | 33.0 (n=1) |" in bb_row  # its own numbers; a row without a baseline has no Δ
     assert table._bn_recalibration(tmp_path / "nothing", [0]) == []
 
 
