@@ -529,8 +529,8 @@ def _bn_recalibration(out: Path, seeds: list[int]) -> list[str]:
 SUPERSEDED = ("The table measured on the recipes before they followed their methods' code (up to commit 2ab6164; 51 "
               "runs, 3 seeds) is kept, with its raw records, diagnosis and reading, in "
               "`results/superseded/port_2ab6164/` (RESULTS.md there).")
-#: The tag of results/uda_vs_source whose runs decide the rule (the recipes' defaults on this testbed).
-DECISION_TAG = "default"
+#: The tags of results/uda_vs_source whose runs decide the rule: each pair's runs of its recipe's defaults.
+DECISION_TAGS = {"twopcnet": "default", "mic": "after"}
 
 
 def _decision_rule() -> list[str]:
@@ -540,12 +540,16 @@ def _decision_rule() -> list[str]:
     from uda_vs_source import decision, tried
 
     root = ROOT / "results" / "uda_vs_source"
-    meta = root / DECISION_TAG / "tag.json"
-    source_from = json.loads(meta.read_text()).get("source_from") if meta.exists() else None
+    commits = {}
+    for recipe, tag in DECISION_TAGS.items():
+        for p in (root / tag / "raw").glob(f"{recipe}__*.json"):
+            commits.setdefault(recipe, set()).add(json.loads(p.read_text()).get("commit", "?"))
+    where = "; ".join(f"{recipe}: `results/uda_vs_source/{tag}/raw/` (`python benchmarks/uda_vs_source.py --tag {tag} "
+                      f"--recipes {recipe}`, commits {', '.join(sorted(commits.get(recipe, {'-'})))})"
+                      for recipe, tag in DECISION_TAGS.items())
     return ["## First: does the base method beat source-only? (faithful recipes, target val)", "",
-            *decision(root / DECISION_TAG, source_from=root / source_from if source_from else None), "",
-            f"From `results/uda_vs_source/{DECISION_TAG}/raw/` (`python benchmarks/uda_vs_source.py --tag {DECISION_TAG}`; "
-            "every run the recipe's default with `warp.guidance=none`, `threads=1`, target val).", "",
+            *decision({r: root / t for r, t in DECISION_TAGS.items()}), "",
+            f"From {where}; every run the recipe's default with `warp.guidance=none`, `threads=1`, target val.", "",
             "### What was tried for detection (each tag of `results/uda_vs_source/`, target val, seeds 0-2)", "",
             *tried(root, "twopcnet"), ""]
 

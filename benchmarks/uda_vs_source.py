@@ -180,15 +180,17 @@ def _deltas(recs: dict, recipe: str, model: str, baseline: str, seeds) -> list:
             100 * (recs[("uda", s)]["final"][model][key] - recs[(baseline, s)]["final"]["student"][key]) for s in seeds]
 
 
-def decision(out: Path, seeds=(0, 1, 2), source_from: Path | None = None) -> list[str]:
+def decision(out, seeds=(0, 1, 2), source_from: Path | None = None) -> list[str]:
     """The decision rule's table (markdown lines): UDA minus source-only on target VAL per seed, both pairs,
     student and reported model, with PASS / FAIL (FAIL also when a seed is missing). Detection also gets
-    UDA minus NightAug-only (2PCNet without its teacher) when those runs exist: shown, not part of the rule."""
+    UDA minus NightAug-only (2PCNet without its teacher) when those runs exist: shown, not part of the rule.
+    ``out``: one tag folder, or {recipe: tag folder} when the pairs' runs live in different tags."""
+    folders = out if isinstance(out, dict) else {r: out for r in CONFIG}
     lines = [f"| pair (metric) | model | against | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | rule |",
              "|---|---|---|" + "---|" * (len(seeds) + 2)]
     verdicts = []
     for recipe in CONFIG:
-        recs = _records(out, recipe, source_from)
+        recs = _records(folders[recipe], recipe, source_from)
         name = f"{recipe} {CONFIG[recipe]} ({METRIC[recipe]})"
         baselines = ["source_only"] + (["nightaug_only"] if any(a == "nightaug_only" for a, _ in recs) else [])
         for baseline in baselines:

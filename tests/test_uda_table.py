@@ -202,18 +202,26 @@ def test_decision_rule_needs_every_seed_and_the_margin(tmp_path):
     assert "missing" in next(line for line in mod.decision(tmp_path) if line.startswith("| mic"))
 
 
-def test_decision_rule_takes_the_source_only_arm_from_another_tag(tmp_path):
-    """uda_vs_source --source-from: a variant of the adaptation phase is compared with another tag's
-    source-only records, and its own source-only records (if any) are ignored."""
+def _vs_source():
     spec = importlib.util.spec_from_file_location("uda_vs_source", ROOT / "benchmarks" / "uda_vs_source.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
 
-    def put(tag, arm, seed, **models):
-        raw = tmp_path / tag / "raw"
-        raw.mkdir(parents=True, exist_ok=True)
-        rec = {"recipe": "twopcnet", "arm": arm, "seed": seed, "final": {m: {"target_map50": v} for m, v in models.items()}}
-        (raw / f"twopcnet__{arm}__s{seed}.json").write_text(json.dumps(rec))
+
+def _put_detection(root, tag, arm, seed, **models):
+    """A fake uda_vs_source raw record of tag ``tag``: target mAP50 per model."""
+    raw = root / tag / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rec = {"recipe": "twopcnet", "arm": arm, "seed": seed, "final": {m: {"target_map50": v} for m, v in models.items()}}
+    (raw / f"twopcnet__{arm}__s{seed}.json").write_text(json.dumps(rec))
+
+
+def test_decision_rule_takes_the_source_only_arm_from_another_tag(tmp_path):
+    """uda_vs_source --source-from: a variant of the adaptation phase is compared with another tag's
+    source-only records, and its own source-only records (if any) are ignored."""
+    mod = _vs_source()
+    put = lambda tag, arm, seed, **models: _put_detection(tmp_path, tag, arm, seed, **models)  # noqa: E731
 
     for s in (0, 1, 2):
         put("base", "source_only", s, student=0.30)
@@ -232,15 +240,8 @@ def test_decision_rule_takes_the_source_only_arm_from_another_tag(tmp_path):
 def test_tried_lists_each_tag_against_its_own_baseline(tmp_path):
     """uda_vs_source.tried: one row per tag with a tag.json; a variant with source_from is compared
     with that tag's baseline arms, per seed, for the reported model (2PCNet: teacher) and the student."""
-    spec = importlib.util.spec_from_file_location("uda_vs_source", ROOT / "benchmarks" / "uda_vs_source.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-
-    def put(tag, arm, seed, **models):
-        raw = tmp_path / tag / "raw"
-        raw.mkdir(parents=True, exist_ok=True)
-        rec = {"recipe": "twopcnet", "arm": arm, "seed": seed, "final": {m: {"target_map50": v} for m, v in models.items()}}
-        (raw / f"twopcnet__{arm}__s{seed}.json").write_text(json.dumps(rec))
+    mod = _vs_source()
+    put = lambda tag, arm, seed, **models: _put_detection(tmp_path, tag, arm, seed, **models)  # noqa: E731
 
     for s in (0, 1):
         put("base", "source_only", s, student=0.20)
