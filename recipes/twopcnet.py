@@ -90,7 +90,7 @@ def source_batch(images, targets, uc, gens):
     """
     if uc.hflip:
         images, targets = random_hflip(images, targets, gens["flip"])
-    if uc.get("vertical_rescale") is not None:  # the row-scale control (no warp): images and boxes stretched
+    if getattr(uc, "vertical_rescale", None) is not None:  # the row-scale control (no warp): images and boxes stretched
         if len({x.shape for x in images}) == 1:
             stacked, targets, _, _ = random_vertical_rescale(torch.stack(images), uc.vertical_rescale, gens["rescale"], targets)
             images = list(stacked)
