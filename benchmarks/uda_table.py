@@ -15,8 +15,11 @@ over several sittings, and the runner prints what is left in core-hours before i
 
 Detection rows that share their first ``train.burn_in`` iterations (``Row.burn_in``: UDA and NightAug-only;
 Instance-Warp burn-in-only and always) train them once per seed, in ``<out>/runs/<table>__burn_in__<group>__s<seed>``,
-and resume from a copy of that folder (resume is exact: tests/test_twopcnet.py). Rows are compared per seed
-against their baseline row (same seed = paired): the paired difference, its mean and a 95 % t interval.
+and resume from a copy of that folder (resume is exact: tests/test_twopcnet.py). The Instance-Warp rows at the
+chosen FWHM on seeds 0-2 train exactly what their fwhm_select run trained (``twin``): their test numbers are
+that model evaluated on test (the split is read at evaluation only; tests check both train identical weights).
+Rows are compared per seed against their baseline row (same seed = paired): the paired difference, its mean
+and a 95 % t interval.
 """
 from __future__ import annotations
 
@@ -215,6 +218,45 @@ def _config_value(recipe: str, args: list[str], key: str):
     return OmegaConf.select(load_config(ROOT / "recipes" / f"{recipe}.py", list(args), default=""), key)
 
 
+def twin(row: Row, overrides: tuple, seed: int) -> Row | None:
+    """The ``fwhm_select`` row that trains exactly this row's model at this seed (the same overrides; only the
+    target split it is scored on differs): the Instance-Warp rows at the chosen FWHM, seeds 0-2. The split is
+    read at evaluation only (``tests/test_uda_table.py`` checks that both splits train bit-identical weights),
+    so the test number of such a row is that model evaluated on test: selecting on val, reporting on test."""
+    if row.table == "fwhm_select":
+        return None
+    return next((r for r in ROWS if r.table == "fwhm_select" and (r.recipe, r.config) == (row.recipe, row.config)
+                 and set(r.overrides) == set(overrides) and seed < r.seeds), None)
+
+
+def _evaluate_twin(row: Row, seed: int, out: Path, quick: bool, overrides: tuple, source: Row) -> dict | None:
+    """``row`` at ``seed`` from the finished run of its twin: a copy of that run folder resumed at its last
+    step, which only evaluates (on ``row.split``). The record keeps the twin's training time per iteration
+    and says which run trained the model; the weights must be the twin's, bit for bit."""
+    src_raw, src_dir = out / "raw" / f"{run_id(source, seed)}.json", out / "runs" / run_id(source, seed)
+    trained = json.loads(src_raw.read_text())
+    run_dir = out / "runs" / run_id(row, seed)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    shutil.copytree(src_dir, run_dir, ignore=shutil.ignore_patterns("final.json", "log.txt"))
+    cmd = command(row, seed, run_dir, quick, overrides) + ["resume=true"]
+    _say(f"[uda_table] {run_id(row, seed)}: the model of {run_id(source, seed)} evaluated on {row.split}: {shlex.join(cmd[1:])}")
+    t0 = time.time()
+    with open(run_dir / "log.txt", "a") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        _say(f"[uda_table] FAILED {run_id(row, seed)} (exit {proc.returncode}); see {run_dir / 'log.txt'}")
+        return None
+    final = json.loads((run_dir / "final.json").read_text())
+    if final.get("weights_digests") != trained["final"].get("weights_digests"):
+        _say(f"[uda_table] FAILED {run_id(row, seed)}: its weights are not those of {run_id(source, seed)}")
+        return None
+    for key in ("seconds_per_iter", "cpu_seconds_per_iter"):  # the evaluation-only resume trained nothing
+        final[key] = trained["final"].get(key)
+    return _write_record(row, seed, out, cmd, final, round(time.time() - t0, 1), quick,
+                         trained_by=run_id(source, seed), train_command=trained["command"])
+
+
 def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
     raw = out / "raw" / f"{run_id(row, seed)}.json"
     if raw.exists():
@@ -226,6 +268,10 @@ def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
             return None
         choice = 13  # tiny runs: the paper's FWHM
     overrides, group = resolve(row, choice)
+    source = twin(row, overrides, seed)
+    if source is not None and (out / "raw" / f"{run_id(source, seed)}.json").exists() \
+            and (out / "runs" / run_id(source, seed) / "last.pt").exists():
+        return _evaluate_twin(row, seed, out, quick, overrides, source)
     run_dir = out / "runs" / run_id(row, seed)
     t0 = time.time()
     burn = None
@@ -247,14 +293,19 @@ def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
         _say(f"[uda_table] FAILED {run_id(row, seed)} (exit {proc.returncode}); see {run_dir / 'log.txt'}")
         return None
     final = json.loads((run_dir / "final.json").read_text())
+    extra = {"burn_in": _relative(str(burn))} if burn is not None else {}
+    return _write_record(row, seed, out, cmd, final, round(time.time() - t0, 1), quick, **extra)
+
+
+def _write_record(row: Row, seed: int, out: Path, cmd: list[str], final: dict, wall: float, quick: bool, **extra) -> dict:
+    """``<out>/raw/<run>.json``, written atomically: the run's final.json, its exact command, wall time, machine."""
+    raw = out / "raw" / f"{run_id(row, seed)}.json"
     record = {"run": run_id(row, seed), "table": row.table, "row": row.name, "label": row.label,
               "seed": seed, "recipe": row.recipe, "config": row.config,
               "command": _relative(shlex.join(["python", *cmd[1:]])),
-              "wall_seconds": round(time.time() - t0, 1), "quick": quick,
+              "wall_seconds": wall, "quick": quick,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-              "commit": _git_commit(), "final": final}
-    if burn is not None:
-        record["burn_in"] = _relative(str(burn))
+              "commit": _git_commit(), **extra, "final": final}
     raw.parent.mkdir(parents=True, exist_ok=True)
     tmp = raw.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
@@ -267,21 +318,29 @@ def _git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-#: Core-minutes of one run when no finished run says better (threads=1, 2 cores, the faithful defaults).
+#: Core-minutes of one run when no finished run says better (threads=1, 2 cores, the faithful defaults),
+#: and of a run that only evaluates the model of its fwhm_select twin.
 DEFAULT_MINUTES = {"twopcnet": 25.0, "mic": 14.0}
+EVAL_MINUTES = 1.0
 
 
 def compute_left(todo: list[tuple[Row, int]], out: Path) -> tuple[int, float]:
     """(runs left, core-hours left): each run at the median wall time of the finished runs of its recipe
-    (``DEFAULT_MINUTES`` before any), a run resuming from a shared burn-in at the same (an upper bound)."""
+    (``DEFAULT_MINUTES`` before any), a run resuming from a shared burn-in at the same (an upper bound), a
+    run with a ``twin`` at ``EVAL_MINUTES``."""
     done: dict = {}
     for p in (out / "raw").glob("*.json"):
         r = json.loads(p.read_text())
-        if _num(r.get("wall_seconds")) is not None and not r.get("quick"):
+        if _num(r.get("wall_seconds")) is not None and not r.get("quick") and not r.get("trained_by"):
             done.setdefault(r.get("recipe"), []).append(r["wall_seconds"] / 60)
     left = [(r, s) for r, s in todo if not (out / "raw" / f"{run_id(r, s)}.json").exists()]
-    minutes = sum(statistics.median(done[r.recipe]) if done.get(r.recipe) else DEFAULT_MINUTES[r.recipe] for r, _ in left)
-    return len(left), minutes / 60
+
+    def minutes(row: Row, seed: int) -> float:
+        if row.fwhm and twin(row, resolve(row, FWHMS[-1])[0], seed) is not None:
+            return EVAL_MINUTES
+        return statistics.median(done[row.recipe]) if done.get(row.recipe) else DEFAULT_MINUTES[row.recipe]
+
+    return len(left), sum(minutes(r, s) for r, s in left) / 60
 
 
 # ------------------------------------------------------------------ report

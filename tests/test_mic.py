@@ -93,6 +93,18 @@ def test_resume_equals_straight_run(tmp_path):
     assert evals.count(6) == 1 and evals.count(4) == 1, evals
 
 
+def test_the_target_split_is_read_at_evaluation_only(tmp_path):
+    """benchmarks/uda_table.py scores the val-selected models on test by evaluating them again: the split
+    must not reach training (mid-run evaluations and their pictures included)."""
+    a = run(tmp_path / "val", "eval.every=1", "eval.target_split=val", iters=3)
+    b = run(tmp_path / "test", "eval.every=1", "eval.target_split=test", iters=3)
+    ca, cb = load_checkpoint(tmp_path / "val" / "last.pt"), load_checkpoint(tmp_path / "test" / "last.pt")
+    for key in ("student", "teacher"):
+        assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca[key]), key
+    assert a["weights_digests"] == b["weights_digests"] and a["source_miou"] == b["source_miou"]
+    assert (a["target_split"], b["target_split"]) == ("val", "test")
+
+
 def test_lr_schedule_does_not_depend_on_train_iters():
     cfg = load_config(RECIPE, ["train.iters=3", "train.schedule_iters=10", "train.warmup=2"], default="synthetic_clear2fog")
     longer = load_config(RECIPE, ["train.iters=10", "train.schedule_iters=10", "train.warmup=2"], default="synthetic_clear2fog")

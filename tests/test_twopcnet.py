@@ -111,6 +111,19 @@ def test_resume_gives_identical_weights_and_metrics(tmp_path):
     assert steps.count(6) == 2
 
 
+def test_the_target_split_is_read_at_evaluation_only(tmp_path):
+    """benchmarks/uda_table.py scores the val-selected models on test by evaluating them again: that is
+    only the same experiment if the split never reaches training, mid-run evaluations included."""
+    common = ["train.iters=3", "train.burn_in=1", "eval.every=1", "warp.guidance=instance"]
+    a, fa = run(tmp_path, *common, "eval.target_split=val", name="val")
+    b, fb = run(tmp_path, *common, "eval.target_split=test", name="test")
+    ca, cb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    for part in ("student", "teacher"):
+        assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part]), part
+    assert fa["weights_digests"] == fb["weights_digests"] and fa["source_map50"] == fb["source_map50"]
+    assert (fa["target_split"], fb["target_split"]) == ("val", "test")
+
+
 def test_only_source_images_reach_the_backbone_warped(tmp_path, monkeypatch):
     """Record every input of the timm model (student AND teacher: the hook is deep-copied) and every
     SaliencyWarp call: the warps are exactly one per iteration on the source+NightAug batch, the

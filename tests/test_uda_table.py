@@ -67,7 +67,39 @@ def test_fwhm_choice_is_the_best_val_mean_once_all_runs_are_done(tmp_path):
     assert table.fwhm_choice(tmp_path, "mic") == 8 and table.fwhm_choice(tmp_path, "twopcnet") is None
     n, hours = table.compute_left([(r, 0) for r in table.ROWS if r.recipe == "mic" and r.table != "fwhm_select"], tmp_path)
     assert n == len([r for r in table.ROWS if r.recipe == "mic" and r.table != "fwhm_select"])
-    assert hours == pytest.approx(n * table.DEFAULT_MINUTES["mic"] / 60)  # no finished run has a wall time yet
+    # no finished run has a wall time yet; the Instance-Warp row at seed 0 only evaluates its fwhm_select twin
+    assert hours == pytest.approx(((n - 1) * table.DEFAULT_MINUTES["mic"] + table.EVAL_MINUTES) / 60)
+
+
+def test_twins_are_the_instance_rows_at_the_selected_fwhm_on_the_selection_seeds():
+    table = _load()
+    by = {(r.table, r.name): r for r in table.ROWS}
+    for key, twin in ((("detection", "instance_burn_in"), "detection_fwhm8"), (("segmentation", "instance"), "segmentation_fwhm8")):
+        overrides, _ = table.resolve(by[key], 8)
+        assert table.twin(by[key], overrides, 2).name == twin
+        assert table.twin(by[key], overrides, 3) is None  # seeds 3-4 are not in the selection: they train
+    for key in (("detection", "instance_always"), ("detection", "schedule_linear_decay"), ("segmentation", "amplitude_range"),
+                ("backbones", "resnet18_instance"), ("fwhm_select", "segmentation_fwhm8")):
+        assert table.twin(by[key], table.resolve(by[key], 8)[0], 0) is None, key
+
+
+def test_a_row_with_a_twin_is_the_twins_model_evaluated_on_test(tmp_path):
+    table = _load()
+    assert table.main(["--quick", "--out", str(tmp_path), "--seeds", "0", "--tables", "fwhm_select", "segmentation",
+                       "--rows", "segmentation_fwhm13", "instance"]) == 0
+    trained = json.loads((tmp_path / "raw" / "fwhm_select__segmentation_fwhm13__s0.json").read_text())
+    rec = json.loads((tmp_path / "raw" / "segmentation__instance__s0.json").read_text())
+    assert rec["trained_by"] == "fwhm_select__segmentation_fwhm13__s0" and rec["train_command"] == trained["command"]
+    assert (trained["final"]["target_split"], rec["final"]["target_split"]) == ("val", "test")
+    assert rec["final"]["weights_digests"] == trained["final"]["weights_digests"]
+    assert rec["final"]["seconds_per_iter"] == trained["final"]["seconds_per_iter"] > 0
+    assert rec["final"]["source_miou"] == trained["final"]["source_miou"]  # the same model on the same source val
+    # trained from scratch with eval.target_split=test, the row is the same model with the same test score
+    assert table.main(["--quick", "--out", str(tmp_path / "b"), "--seeds", "0", "--tables", "segmentation",
+                       "--rows", "instance"]) == 0
+    alone = json.loads((tmp_path / "b" / "raw" / "segmentation__instance__s0.json").read_text())
+    assert "trained_by" not in alone and alone["final"]["weights_digests"] == rec["final"]["weights_digests"]
+    assert alone["final"]["target_miou"] == rec["final"]["target_miou"]
 
 
 def test_quick_runs_write_raw_json_skip_done_and_report(tmp_path):
