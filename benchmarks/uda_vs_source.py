@@ -96,9 +96,36 @@ def _config_value(recipe: str, key: str, extra: list[str]):
     return OmegaConf.select(cfg, key)
 
 
-def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str], burn_in_from: Path | None = None) -> dict:
+#: The uda_table table whose rows train these arms (same names, same overrides; only the split differs).
+TABLE = {"twopcnet": "detection", "mic": "segmentation"}
+#: Config keys that do not reach training (where a run writes, whether it resumes, what it evaluates).
+NOT_TRAINING = ("out_dir", "resume", "overwrite", "eval")
+
+
+def training_config_difference(saved: Path, recipe: str, args: list[str]) -> list[str]:
+    """The keys (dotted) in which the training config of a run folder's ``config.yaml`` differs from the
+    one ``args`` resolve to for this arm, ignoring ``NOT_TRAINING``; [] = the same experiment."""
+    from omegaconf import OmegaConf
+
+    from warpadapt.uda.config import load_config
+
+    def flat(d, prefix=""):
+        return {k2: v2 for k, v in d.items() if prefix + k not in NOT_TRAINING
+                for k2, v2 in (flat(v, prefix + k + ".") if isinstance(v, dict) else {prefix + k: v}).items()}
+
+    here = load_config(ROOT / "recipes" / f"{recipe}.py", ["--config", CONFIG[recipe], "warp.guidance=none", "threads=1", *args],
+                       default=CONFIG[recipe])
+    a, b = flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True)), flat(OmegaConf.to_container(here, resolve=True))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str], burn_in_from: Path | None = None,
+            models_from: Path | None = None) -> dict | None:
     """One arm of one seed (skipped when its raw record exists). ``burn_in_from``: the tag folder whose
-    shared burn-in this run resumes from (default: ``out``'s own)."""
+    shared burn-in this run resumes from (default: ``out``'s own). ``models_from``: a
+    ``benchmarks/uda_table.py`` results folder whose finished run of this arm and seed (trained for the
+    table, scored on test) is evaluated here on val instead of training it again (None while that run is
+    not finished; its config must be this arm's, up to ``NOT_TRAINING``, and its weights come back bit for bit)."""
     raw = out / "raw" / f"{recipe}__{arm}__s{seed}.json"
     if raw.exists():
         return json.loads(raw.read_text())
@@ -106,16 +133,32 @@ def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str], burn_
     run_dir = runs / f"{recipe}__{arm}__s{seed}"
     log = runs / f"{recipe}__{arm}__s{seed}.log"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    base = [f"train.seed={seed}", "resume=true", *ARMS[recipe][arm], *extra]
+    trained = None
+    if models_from is not None:
+        model = models_from / "runs" / f"{TABLE[recipe]}__{arm}__s{seed}"
+        if not ((model / "final.json").exists() and (model / "last.pt").exists()):
+            print(f"[uda_vs_source] {recipe} {arm} seed {seed} waits: {model} is not a finished run", flush=True)
+            return None
+        differ = training_config_difference(model / "config.yaml", recipe, base)
+        if differ:
+            raise ValueError(f"--models-from: {model} trained another experiment than {recipe} {arm} seed {seed} "
+                             f"(config keys {', '.join(differ)} differ)")
+        trained = json.loads((model / "final.json").read_text())
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        shutil.copytree(model, run_dir, ignore=shutil.ignore_patterns("final.json", "log.txt"))
     burn = (_burn_in(recipe, seed, (burn_in_from or out) / "runs", extra if burn_in_from is None else [])
-            if arm in SHARED_BURN_IN else None)
+            if arm in SHARED_BURN_IN and trained is None else None)
     if burn is not None and not (run_dir / "last.pt").exists():  # resume from a copy of the shared burn-in
         if run_dir.exists():
             shutil.rmtree(run_dir)
         shutil.copytree(burn, run_dir, ignore=shutil.ignore_patterns("final.json", "log.txt"))
-    base = [f"train.seed={seed}", "resume=true", *ARMS[recipe][arm], *extra]
     finals = {}
     first = "teacher" if (recipe == "twopcnet" and arm == "uda") else "student"
     finals[first] = _recipe(recipe, run_dir, base, log)
+    if trained is not None and finals[first]["weights_digests"] != trained["weights_digests"]:
+        raise RuntimeError(f"--models-from: {run_dir} evaluated other weights than {models_from} trained")
     if arm == "uda":  # the other model of the same finished run, re-evaluated without training
         other = "student" if first == "teacher" else "teacher"
         finals[other] = _recipe(recipe, run_dir, [*base, f"eval.model={other}"], log)
@@ -123,9 +166,18 @@ def run_one(recipe: str, arm: str, seed: int, out: Path, extra: list[str], burn_
               "overrides": extra, "final": finals}
     if burn is not None:
         record["burn_in"] = str(burn.relative_to(ROOT)) if burn.is_relative_to(ROOT) else str(burn)
+    if trained is not None:
+        record["trained_by"] = _relative(models_from / "runs" / f"{TABLE[recipe]}__{arm}__s{seed}")
     raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps(record, indent=2) + "\n")
+    tmp = raw.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(raw)
     return record
+
+
+def _relative(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _records(out: Path, recipe: str, source_from: Path | None = None) -> dict:
@@ -261,6 +313,8 @@ def main(argv=None) -> int:
                     "(for variants of the adaptation phase only)")
     ap.add_argument("--burn-in-from", metavar="TAG", help="resume from this tag's shared detection burn-ins "
                     "(trained there if missing; for variants that leave the burn-in unchanged)")
+    ap.add_argument("--models-from", type=Path, metavar="FOLDER", help="a benchmarks/uda_table.py results folder: "
+                    "evaluate its finished runs of these arms on val instead of training them again")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("overrides", nargs="*", help="key=value for every run (e.g. a variant being measured)")
     a = ap.parse_args(argv)
@@ -268,13 +322,16 @@ def main(argv=None) -> int:
     source_from = a.out / a.source_from if a.source_from else None
     burn_in_from = a.out / a.burn_in_from if a.burn_in_from else None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tag.json").write_text(json.dumps({"overrides": a.overrides, "source_from": a.source_from,
-                                              "burn_in_from": a.burn_in_from, "recipes": a.recipes}, indent=2) + "\n")
+    meta = {"overrides": a.overrides, "source_from": a.source_from, "burn_in_from": a.burn_in_from, "recipes": a.recipes}
+    if a.models_from is not None:
+        meta["models_from"] = _relative(a.models_from)
+    (out / "tag.json").write_text(json.dumps(meta, indent=2) + "\n")
     if not a.report_only:
         jobs = [(r, arm, s) for r in a.recipes for s in a.seeds for arm in a.arms if arm in ARMS[r]]
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-            for rec in pool.map(lambda j: run_one(*j, out, a.overrides, burn_in_from), jobs):
-                print(f"[uda_vs_source] done {rec['recipe']} {rec['arm']} seed {rec['seed']}", flush=True)
+            for rec in pool.map(lambda j: run_one(*j, out, a.overrides, burn_in_from, a.models_from), jobs):
+                if rec is not None:
+                    print(f"[uda_vs_source] done {rec['recipe']} {rec['arm']} seed {rec['seed']}", flush=True)
     text = (report(out, a.recipes, a.seeds, source_from) + "\n## The decision rule\n\n"
             + "\n".join(decision(out, a.seeds, source_from)) + "\n")
     (out / "REPORT.md").parent.mkdir(parents=True, exist_ok=True)

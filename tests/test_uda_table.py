@@ -292,3 +292,29 @@ def test_tried_lists_each_tag_against_its_own_baseline(tmp_path):
             "| +9.0, +9.0 (+9.0) |") in base
     assert ("`uda.threshold=0.6` | `base` | 20.0 (n=2) | 31.0 (n=2) | 36.0 (n=2) | +16.0, +16.0 (+16.0) "
             "| +6.0, +4.0 (+5.0) | +15.0, +15.0 (+15.0) |") in thr
+
+
+def test_the_rule_arms_can_be_the_tables_models_evaluated_on_val(tmp_path):
+    """uda_vs_source.py --models-from: the table's finished UDA run of a seed is the rule's UDA arm of that
+    seed (same training config), evaluated on val; another experiment is refused, naming the keys."""
+    table = _load()
+    spec = importlib.util.spec_from_file_location("uda_vs_source", ROOT / "benchmarks" / "uda_vs_source.py")
+    rule = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rule)
+    assert table.main(["--quick", "--out", str(tmp_path), "--seeds", "0", "--tables", "segmentation", "--rows", "uda"]) == 0
+    trained = json.loads((tmp_path / "raw" / "segmentation__uda__s0.json").read_text())["final"]
+    quick = list(table.QUICK["mic"])
+    bad = [o for o in quick if not o.startswith("model.embed_dim")]
+    with pytest.raises(ValueError, match="model.embed_dim"):
+        rule.main(["--tag", "wrong", "--out", str(tmp_path / "rule"), "--recipes", "mic", "--arms", "uda", "--seeds", "0",
+                   "--models-from", str(tmp_path), *bad])
+    assert rule.main(["--tag", "t", "--out", str(tmp_path / "rule"), "--recipes", "mic", "--arms", "uda", "source_only",
+                      "--seeds", "0", "--models-from", str(tmp_path), *quick]) == 0
+    rec = json.loads((tmp_path / "rule" / "t" / "raw" / "mic__uda__s0.json").read_text())
+    assert rec["trained_by"].endswith("segmentation__uda__s0")
+    assert rec["final"]["student"]["target_split"] == "val" and trained["target_split"] == "test"
+    assert rec["final"]["student"]["weights_digests"] == trained["weights_digests"]
+    assert rec["final"]["student"]["source_miou"] == trained["source_miou"]
+    # the table's source-only run of seed 0 is not there: that arm waits, nothing is trained for it
+    assert not (tmp_path / "rule" / "t" / "raw" / "mic__source_only__s0.json").exists()
+    assert json.loads((tmp_path / "rule" / "t" / "tag.json").read_text())["models_from"] == str(tmp_path.resolve())
