@@ -589,7 +589,7 @@ SUPERSEDED = ("The table measured on the recipes before they followed their meth
               "runs, 3 seeds) is kept, with its raw records, diagnosis and reading, in "
               "`results/superseded/port_2ab6164/` (RESULTS.md there).")
 #: The tags of results/uda_vs_source whose runs decide the rule: each pair's runs of its recipe's defaults.
-DECISION_TAGS = {"twopcnet": "burn_in600_iters900", "mic": "after"}
+DECISION_TAGS = {"twopcnet": "burn_in600_iters900", "mic": "table_models"}
 
 
 def _decision_rule() -> list[str]:
