@@ -229,6 +229,16 @@ def twin(row: Row, overrides: tuple, seed: int) -> Row | None:
                  and set(r.overrides) == set(overrides) and seed < r.seeds), None)
 
 
+def _recipe_final(row: Row, seed: int, run_dir: Path, cmd: list[str]) -> dict | None:
+    """Run one recipe command (output appended to ``run_dir/log.txt``); its final.json, None if it failed."""
+    with open(run_dir / "log.txt", "a") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        _say(f"[uda_table] FAILED {run_id(row, seed)} (exit {proc.returncode}); see {run_dir / 'log.txt'}")
+        return None
+    return json.loads((run_dir / "final.json").read_text())
+
+
 def _evaluate_twin(row: Row, seed: int, out: Path, quick: bool, overrides: tuple, source: Row) -> dict | None:
     """``row`` at ``seed`` from the finished run of its twin: a copy of that run folder resumed at its last
     step, which only evaluates (on ``row.split``). The record keeps the twin's training time per iteration
@@ -242,12 +252,9 @@ def _evaluate_twin(row: Row, seed: int, out: Path, quick: bool, overrides: tuple
     cmd = command(row, seed, run_dir, quick, overrides) + ["resume=true"]
     _say(f"[uda_table] {run_id(row, seed)}: the model of {run_id(source, seed)} evaluated on {row.split}: {shlex.join(cmd[1:])}")
     t0 = time.time()
-    with open(run_dir / "log.txt", "a") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        _say(f"[uda_table] FAILED {run_id(row, seed)} (exit {proc.returncode}); see {run_dir / 'log.txt'}")
+    final = _recipe_final(row, seed, run_dir, cmd)
+    if final is None:
         return None
-    final = json.loads((run_dir / "final.json").read_text())
     if final.get("weights_digests") != trained["final"].get("weights_digests"):
         _say(f"[uda_table] FAILED {run_id(row, seed)}: its weights are not those of {run_id(source, seed)}")
         return None
@@ -287,12 +294,9 @@ def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
     # resume=true: a sitting that was stopped mid-run continues from its last checkpoint
     cmd.append("resume=true")
     _say(f"[uda_table] {run_id(row, seed)}: {shlex.join(cmd[1:])}")
-    with open(run_dir / "log.txt", "a") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        _say(f"[uda_table] FAILED {run_id(row, seed)} (exit {proc.returncode}); see {run_dir / 'log.txt'}")
+    final = _recipe_final(row, seed, run_dir, cmd)
+    if final is None:
         return None
-    final = json.loads((run_dir / "final.json").read_text())
     extra = {"burn_in": _relative(str(burn))} if burn is not None else {}
     return _write_record(row, seed, out, cmd, final, round(time.time() - t0, 1), quick, **extra)
 
