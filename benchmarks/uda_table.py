@@ -692,6 +692,8 @@ def main(argv=None) -> int:
         todo = [(r, s) for r in ROWS for s in range(r.seeds)
                 if r.table in args.tables and (args.rows is None or r.name in args.rows)
                 and (args.seeds is None or s in args.seeds)]
+        # seed-major: a sitting stopped part-way leaves whole seeds across rows (paired comparisons)
+        todo.sort(key=lambda job: job[1])
         n, hours = compute_left(todo, args.out)
         _say(f"[uda_table] {n} of {len(todo)} runs left, about {hours:.1f} core-hours "
              f"({hours / args.jobs:.1f} h with --jobs {args.jobs})")
