@@ -4,6 +4,7 @@
     python benchmarks/uda_table.py --report-only   # only rewrite docs/RESULTS.md from results/raw
     python benchmarks/uda_table.py --tables detection --seeds 0   # a part of it
     python benchmarks/uda_table.py --quick --out /tmp/q           # tiny runs (the test suite's check)
+    python benchmarks/uda_table.py --jobs 2 --hours 2.5           # a sitting: start only runs that end within 2.5 h
 
 Each run is one recipe command (``recipes/twopcnet.py`` or ``recipes/mic.py``) with ``train.seed=S``,
 ``threads=1`` and ``eval.target_split=test``: tuning looks only at target ``val`` (the ``fwhm_select``
@@ -14,8 +15,9 @@ final.json, the exact command, wall time, machine); runs already there are skipp
 over several sittings, and the runner prints what is left in core-hours before it starts.
 
 Detection rows that share their first ``train.burn_in`` iterations (``Row.burn_in``: UDA and NightAug-only;
-Instance-Warp burn-in-only and always) train them once per seed, in ``<out>/runs/<table>__burn_in__<group>__s<seed>``,
-and resume from a copy of that folder (resume is exact: tests/test_twopcnet.py). The Instance-Warp rows at the
+Instance-Warp burn-in-only and always, and the FWHM-selection row of the same FWHM) train them once per seed, in
+``<out>/runs/<recipe>__burn_in__<group>__s<seed>``, and resume from a copy of that folder (resume is exact:
+tests/test_twopcnet.py; the target split a burn-in was scored on does not reach its weights). The Instance-Warp rows at the
 chosen FWHM on seeds 0-2 train exactly what their fwhm_select run trained (``twin``): their test numbers are
 that model evaluated on test (the split is read at evaluation only; tests check both train identical weights).
 Rows are compared per seed against their baseline row (same seed = paired): the paired difference, its mean
@@ -154,7 +156,7 @@ def fwhm_choice(out: Path, recipe: str) -> int | None:
                 return None
             vals.append(json.loads(raw.read_text())["final"][_metric(recipe)])
         means[int(row.name.rsplit("fwhm", 1)[1])] = statistics.mean(vals)
-    return max(sorted(means), key=lambda f: means[f]) if means else None
+    return max(sorted(means, reverse=True), key=lambda f: means[f]) if means else None  # max keeps the first
 
 
 def resolve(row: Row, fwhm: int | None) -> tuple[tuple, str | None]:
@@ -192,7 +194,8 @@ _LOCKS_GUARD = threading.Lock()
 def _burn_in_folder(row: Row, group: str, seed: int, out: Path, overrides: tuple, quick: bool) -> Path | None:
     """The shared burn-in of ``group`` for this seed, trained once (rows waiting for it block on a lock);
     None if it failed. Its run is the row's own command stopped at ``train.burn_in``."""
-    folder = out / "runs" / f"{row.table}__burn_in__{group}__s{seed}"
+    # keyed by recipe, not table: the fwhm_select rows' burn-ins are the Instance-Warp rows' at that FWHM
+    folder = out / "runs" / f"{row.recipe}__burn_in__{group}__s{seed}"
     with _LOCKS_GUARD:
         lock = _LOCKS.setdefault(folder, threading.Lock())
     with lock:
@@ -328,22 +331,28 @@ DEFAULT_MINUTES = {"twopcnet": 25.0, "mic": 14.0}
 EVAL_MINUTES = 1.0
 
 
-def compute_left(todo: list[tuple[Row, int]], out: Path) -> tuple[int, float]:
-    """(runs left, core-hours left): each run at the median wall time of the finished runs of its recipe
-    (``DEFAULT_MINUTES`` before any), a run resuming from a shared burn-in at the same (an upper bound), a
-    run with a ``twin`` at ``EVAL_MINUTES``."""
+def run_minutes(out: Path):
+    """The estimated wall minutes of one run (a function of row and seed): the median wall time of the
+    finished runs of its recipe (``DEFAULT_MINUTES`` before any), a run resuming from a shared burn-in at the
+    same (an upper bound), a run with a ``twin`` at ``EVAL_MINUTES``."""
     done: dict = {}
     for p in (out / "raw").glob("*.json"):
         r = json.loads(p.read_text())
         if _num(r.get("wall_seconds")) is not None and not r.get("quick") and not r.get("trained_by"):
             done.setdefault(r.get("recipe"), []).append(r["wall_seconds"] / 60)
-    left = [(r, s) for r, s in todo if not (out / "raw" / f"{run_id(r, s)}.json").exists()]
 
     def minutes(row: Row, seed: int) -> float:
         if row.fwhm and twin(row, resolve(row, FWHMS[-1])[0], seed) is not None:
             return EVAL_MINUTES
         return statistics.median(done[row.recipe]) if done.get(row.recipe) else DEFAULT_MINUTES[row.recipe]
 
+    return minutes
+
+
+def compute_left(todo: list[tuple[Row, int]], out: Path) -> tuple[int, float]:
+    """(runs left, core-hours left), each run at its ``run_minutes`` estimate."""
+    left = [(r, s) for r, s in todo if not (out / "raw" / f"{run_id(r, s)}.json").exists()]
+    minutes = run_minutes(out)
     return len(left), sum(minutes(r, s) for r, s in left) / 60
 
 
@@ -683,10 +692,16 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", nargs="+", default=None, help="only these row names")
     ap.add_argument("--quick", action="store_true", help="tiny runs (seconds each): checks the pipeline, numbers mean nothing")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each uses one CPU thread; 2 on 2 cores)")
+    ap.add_argument("--hours", type=float, default=None,
+                    help="this sitting's wall-clock budget: a run starts only if its estimated time (the compute-left "
+                         "estimate) ends inside it; the rest is left for the next sitting")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.hours is not None and not args.hours >= 0:
+        ap.error(f"--hours must be >= 0, got {args.hours}")
+    deadline = None if args.hours is None else time.time() + args.hours * 3600
     doc = args.doc or (args.out / "RESULTS.md" if args.quick else ROOT / "docs" / "RESULTS.md")
     if not args.report_only:
         todo = [(r, s) for r in ROWS for s in range(r.seeds)
@@ -702,13 +717,17 @@ def main(argv=None) -> int:
         for phase in ([j for j in todo if j[0].table == "fwhm_select"], [j for j in todo if j[0].table != "fwhm_select"]):
             def one(job, phase=phase):
                 i, (row, seed) = job
+                if deadline is not None and not (args.out / "raw" / f"{run_id(row, seed)}.json").exists() \
+                        and time.time() + 60 * run_minutes(args.out)(row, seed) > deadline:
+                    _say(f"[uda_table] {run_id(row, seed)} left for the next sitting: it would not end within --hours")
+                    return True
                 _say(f"[uda_table] {i}/{len(phase)} of this phase")
                 return run_one(row, seed, args.out, args.quick) is None
 
             with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a subprocess
                 failed += sum(pool.map(one, enumerate(phase, 1)))
         if failed:
-            print(f"[uda_table] {failed} run(s) failed or wait")
+            print(f"[uda_table] {failed} run(s) failed, wait or were left for the next sitting")
         n, hours = compute_left(todo, args.out)
         _say(f"[uda_table] left: {n} runs, about {hours:.1f} core-hours")
     reading_file = ROOT / "docs" / "RESULTS_reading.md"

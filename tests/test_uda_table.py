@@ -65,10 +65,30 @@ def test_fwhm_choice_is_the_best_val_mean_once_all_runs_are_done(tmp_path):
     assert table.fwhm_choice(tmp_path, "mic") is None  # one run missing
     (tmp_path / "raw" / "fwhm_select__segmentation_fwhm13__s2.json").write_text(json.dumps({"final": {"target_miou": 0.31}}))
     assert table.fwhm_choice(tmp_path, "mic") == 8 and table.fwhm_choice(tmp_path, "twopcnet") is None
+    tie = tmp_path / "tie"
+    (tie / "raw").mkdir(parents=True)
+    for f in (4, 8, 13):
+        for s in range(3):
+            v = 0.30 if f == 4 else 0.33  # 8 and 13 tie: the larger, the paper's side
+            (tie / "raw" / f"fwhm_select__segmentation_fwhm{f}__s{s}.json").write_text(json.dumps({"final": {"target_miou": v}}))
+    assert table.fwhm_choice(tie, "mic") == 13
     n, hours = table.compute_left([(r, 0) for r in table.ROWS if r.recipe == "mic" and r.table != "fwhm_select"], tmp_path)
     assert n == len([r for r in table.ROWS if r.recipe == "mic" and r.table != "fwhm_select"])
     # no finished run has a wall time yet; the Instance-Warp row at seed 0 only evaluates its fwhm_select twin
     assert hours == pytest.approx(((n - 1) * table.DEFAULT_MINUTES["mic"] + table.EVAL_MINUTES) / 60)
+
+
+def test_hours_starts_only_runs_that_end_within_the_budget(tmp_path, capsys):
+    table = _load()
+    args = ["--quick", "--out", str(tmp_path), "--seeds", "0", "--tables", "segmentation", "--rows", "uda"]
+    with pytest.raises(SystemExit):
+        table.main(args + ["--hours", "-1"])
+    assert "--hours must be >= 0" in capsys.readouterr().err
+    assert table.main(args + ["--hours", "0"]) == 0  # nothing fits in no time: nothing starts, nothing is lost
+    assert "segmentation__uda__s0 left for the next sitting" in capsys.readouterr().out
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "runs").exists()
+    n, hours = table.compute_left([(r, 0) for r in table.ROWS if (r.table, r.name) == ("segmentation", "uda")], tmp_path)
+    assert (n, hours) == (1, pytest.approx(table.DEFAULT_MINUTES["mic"] / 60))
 
 
 def test_twins_are_the_instance_rows_at_the_selected_fwhm_on_the_selection_seeds():
@@ -104,18 +124,23 @@ def test_a_row_with_a_twin_is_the_twins_model_evaluated_on_test(tmp_path):
 
 def test_quick_runs_write_raw_json_skip_done_and_report(tmp_path):
     table = _load()
-    args = ["--quick", "--out", str(tmp_path), "--seeds", "0", "1", "--tables", "detection", "segmentation",
-            "--rows", "uda", "instance_always", "instance"]
+    args = ["--quick", "--out", str(tmp_path), "--seeds", "0", "1", "--tables", "fwhm_select", "detection", "segmentation",
+            "--rows", "detection_fwhm13", "uda", "instance_always", "instance"]
     assert table.main(args + ["--jobs", "2"]) == 0
     raw = sorted(p.name for p in (tmp_path / "raw").glob("*.json"))
     assert raw == sorted(f"{t}__{r}__s{s}.json" for s in (0, 1)
-                         for t, r in (("detection", "uda"), ("detection", "instance_always"),
+                         for t, r in (("fwhm_select", "detection_fwhm13"), ("detection", "uda"), ("detection", "instance_always"),
                                       ("segmentation", "uda"), ("segmentation", "instance")))
     rec = json.loads((tmp_path / "raw" / "detection__instance_always__s1.json").read_text())
     assert rec["final"]["target_split"] == "test" and "train.seed=1" in rec["command"]
-    # the detection rows resumed from their shared burn-in (tiny runs: the paper's FWHM 13)
-    assert rec["burn_in"].endswith("detection__burn_in__instance_fwhm13__s1") and "warp.fwhm=13" in rec["command"]
-    assert json.loads((tmp_path / "raw" / "detection__uda__s0.json").read_text())["burn_in"].endswith("detection__burn_in__plain__s0")
+    # the detection rows resumed from their shared burn-in (tiny runs: the paper's FWHM 13), the Instance-Warp
+    # row from the one its FWHM-selection row trained: one burn-in per group and seed, whatever the table
+    assert rec["burn_in"].endswith("twopcnet__burn_in__instance_fwhm13__s1") and "warp.fwhm=13" in rec["command"]
+    sel = json.loads((tmp_path / "raw" / "fwhm_select__detection_fwhm13__s1.json").read_text())
+    assert sel["burn_in"] == rec["burn_in"] and sel["final"]["target_split"] == "val"
+    assert json.loads((tmp_path / "raw" / "detection__uda__s0.json").read_text())["burn_in"].endswith("twopcnet__burn_in__plain__s0")
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*__burn_in__*")) == sorted(
+        f"twopcnet__burn_in__{g}__s{s}" for g in ("plain", "instance_fwhm13") for s in (0, 1))
     assert "warp.guidance=instance" in rec["command"] and rec["final"]["iters"] == 2
     seg = json.loads((tmp_path / "raw" / "segmentation__instance__s0.json").read_text())
     assert "target_miou" in seg["final"]
