@@ -20,6 +20,8 @@ Instance-Warp burn-in-only and always, and the FWHM-selection row of the same FW
 tests/test_twopcnet.py; the target split a burn-in was scored on does not reach its weights). The Instance-Warp rows at the
 chosen FWHM on seeds 0-2 train exactly what their fwhm_select run trained (``twin``): their test numbers are
 that model evaluated on test (the split is read at evaluation only; tests check both train identical weights).
+Each such fwhm_select run evaluates its model on test as soon as it ends and keeps that in its record
+(``test_eval``, read only by its twin once the FWHM is chosen), so the twins need no ``runs/`` folder.
 Rows are compared per seed against their baseline row (same seed = paired): the paired difference, its mean
 and a 95 % t interval.
 """
@@ -38,7 +40,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,29 +244,60 @@ def _recipe_final(row: Row, seed: int, run_dir: Path, cmd: list[str]) -> dict | 
     return json.loads((run_dir / "final.json").read_text())
 
 
-def _evaluate_twin(row: Row, seed: int, out: Path, quick: bool, overrides: tuple, source: Row) -> dict | None:
-    """``row`` at ``seed`` from the finished run of its twin: a copy of that run folder resumed at its last
-    step, which only evaluates (on ``row.split``). The record keeps the twin's training time per iteration
-    and says which run trained the model; the weights must be the twin's, bit for bit."""
-    src_raw, src_dir = out / "raw" / f"{run_id(source, seed)}.json", out / "runs" / run_id(source, seed)
-    trained = json.loads(src_raw.read_text())
-    run_dir = out / "runs" / run_id(row, seed)
+def _evaluate_copy(row: Row, seed: int, src_dir: Path, run_dir: Path, quick: bool, overrides: tuple,
+                   trained: dict) -> tuple[dict, list[str], float] | None:
+    """The finished model in ``src_dir`` evaluated on ``row.split`` by ``row``'s command: a copy of that folder
+    (in ``run_dir``) resumed at its last step, which only evaluates. (final, command, seconds), None if it
+    failed or the weights are not ``trained``'s, bit for bit. The final keeps the training time per iteration."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     shutil.copytree(src_dir, run_dir, ignore=shutil.ignore_patterns("final.json", "log.txt"))
     cmd = command(row, seed, run_dir, quick, overrides) + ["resume=true"]
-    _say(f"[uda_table] {run_id(row, seed)}: the model of {run_id(source, seed)} evaluated on {row.split}: {shlex.join(cmd[1:])}")
+    _say(f"[uda_table] {run_id(row, seed)}: the model of {src_dir.name} evaluated on {row.split}: {shlex.join(cmd[1:])}")
     t0 = time.time()
     final = _recipe_final(row, seed, run_dir, cmd)
     if final is None:
         return None
-    if final.get("weights_digests") != trained["final"].get("weights_digests"):
-        _say(f"[uda_table] FAILED {run_id(row, seed)}: its weights are not those of {run_id(source, seed)}")
+    if final.get("weights_digests") != trained.get("weights_digests"):
+        _say(f"[uda_table] FAILED {run_id(row, seed)}: its weights are not those of {src_dir.name}")
         return None
     for key in ("seconds_per_iter", "cpu_seconds_per_iter"):  # the evaluation-only resume trained nothing
-        final[key] = trained["final"].get(key)
-    return _write_record(row, seed, out, cmd, final, round(time.time() - t0, 1), quick,
-                         trained_by=run_id(source, seed), train_command=trained["command"])
+        final[key] = trained.get(key)
+    return final, cmd, round(time.time() - t0, 1)
+
+
+def _test_eval(row: Row, seed: int, out: Path, quick: bool, overrides: tuple, final: dict) -> dict | None:
+    """A finished ``fwhm_select`` run's model evaluated on target TEST, kept in its record (``test_eval``) and
+    read by nothing but its twin rows once the FWHM is chosen on val: the twins need no run folder, so a
+    sitting on a fresh machine (``runs/`` is not committed) does not re-train them. The copy is removed."""
+    test_row = replace(row, split="test")
+    eval_dir = out / "runs" / f"{run_id(row, seed)}__test"
+    got = _evaluate_copy(test_row, seed, out / "runs" / run_id(row, seed), eval_dir, quick, overrides, final)
+    shutil.rmtree(eval_dir, ignore_errors=True)
+    if got is None:
+        return None
+    final_test, cmd, wall = got
+    return {"command": _relative(shlex.join(["python", *cmd[1:]])), "wall_seconds": wall, "final": final_test}
+
+
+def _evaluate_twin(row: Row, seed: int, out: Path, quick: bool, overrides: tuple, source: Row) -> dict | None:
+    """``row`` at ``seed`` from the finished run of its twin: the test evaluation its record keeps
+    (``test_eval``), or else a copy of its run folder evaluated on ``row.split``. The record says which run
+    trained the model and keeps that run's training time per iteration."""
+    trained = json.loads((out / "raw" / f"{run_id(source, seed)}.json").read_text())
+    extra = {"trained_by": run_id(source, seed), "train_command": trained["command"]}
+    cmd = command(row, seed, out / "runs" / run_id(row, seed), quick, overrides) + ["resume=true"]
+    kept = trained.get("test_eval")
+    if row.split == "test" and kept is not None:
+        _say(f"[uda_table] {run_id(row, seed)}: the model of {run_id(source, seed)} on test, from its record")
+        return _write_record(row, seed, out, cmd, kept["final"], kept["wall_seconds"], quick,
+                             evaluated_by=kept["command"], **extra)
+    got = _evaluate_copy(row, seed, out / "runs" / run_id(source, seed), out / "runs" / run_id(row, seed), quick,
+                         overrides, trained["final"])
+    if got is None:
+        return None
+    final, cmd, wall = got
+    return _write_record(row, seed, out, cmd, final, wall, quick, **extra)
 
 
 def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
@@ -279,8 +312,9 @@ def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
         choice = 13  # tiny runs: the paper's FWHM
     overrides, group = resolve(row, choice)
     source = twin(row, overrides, seed)
-    if source is not None and (out / "raw" / f"{run_id(source, seed)}.json").exists() \
-            and (out / "runs" / run_id(source, seed) / "last.pt").exists():
+    src_raw = None if source is None else out / "raw" / f"{run_id(source, seed)}.json"
+    if src_raw is not None and src_raw.exists() and (
+            "test_eval" in json.loads(src_raw.read_text()) or (out / "runs" / run_id(source, seed) / "last.pt").exists()):
         return _evaluate_twin(row, seed, out, quick, overrides, source)
     run_dir = out / "runs" / run_id(row, seed)
     t0 = time.time()
@@ -301,6 +335,12 @@ def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
     if final is None:
         return None
     extra = {"burn_in": _relative(str(burn))} if burn is not None else {}
+    fwhm = int(row.name.rsplit("fwhm", 1)[1]) if row.table == "fwhm_select" else None
+    if fwhm is not None and any(twin(r, resolve(r, fwhm)[0], seed) == row for r in ROWS if r.fwhm):
+        kept = _test_eval(row, seed, out, quick, overrides, final)
+        if kept is None:
+            return None
+        extra["test_eval"] = kept
     return _write_record(row, seed, out, cmd, final, round(time.time() - t0, 1), quick, **extra)
 
 

@@ -1,6 +1,7 @@
 """benchmarks/uda_table.py --quick: tiny runs through both recipes, raw JSON, skip-if-done, report."""
 import importlib.util
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -114,6 +115,16 @@ def test_a_row_with_a_twin_is_the_twins_model_evaluated_on_test(tmp_path):
     assert rec["final"]["weights_digests"] == trained["final"]["weights_digests"]
     assert rec["final"]["seconds_per_iter"] == trained["final"]["seconds_per_iter"] > 0
     assert rec["final"]["source_miou"] == trained["final"]["source_miou"]  # the same model on the same source val
+    # the selection run kept its test evaluation: the twin is made from the record, with no run folder left
+    assert trained["test_eval"]["final"] == rec["final"] and "eval.target_split=test" in trained["test_eval"]["command"]
+    assert not (tmp_path / "runs" / "fwhm_select__segmentation_fwhm13__s0__test").exists()
+    shutil.rmtree(tmp_path / "runs")
+    (tmp_path / "raw" / "segmentation__instance__s0.json").unlink()
+    assert table.main(["--quick", "--out", str(tmp_path), "--seeds", "0", "--tables", "segmentation",
+                       "--rows", "instance"]) == 0
+    again = json.loads((tmp_path / "raw" / "segmentation__instance__s0.json").read_text())
+    assert again["final"] == rec["final"] and again["trained_by"] == rec["trained_by"] and "evaluated_by" in again
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing evaluated
     # trained from scratch with eval.target_split=test, the row is the same model with the same test score
     assert table.main(["--quick", "--out", str(tmp_path / "b"), "--seeds", "0", "--tables", "segmentation",
                        "--rows", "instance"]) == 0
