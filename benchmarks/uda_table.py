@@ -291,7 +291,7 @@ def _evaluate_twin(row: Row, seed: int, out: Path, quick: bool, overrides: tuple
     if row.split == "test" and kept is not None:
         _say(f"[uda_table] {run_id(row, seed)}: the model of {run_id(source, seed)} on test, from its record")
         return _write_record(row, seed, out, cmd, kept["final"], kept["wall_seconds"], quick,
-                             evaluated_by=kept["command"], **extra)
+                             evaluated_by=kept["command"], environment=trained.get("environment"), **extra)
     got = _evaluate_copy(row, seed, out / "runs" / run_id(source, seed), out / "runs" / run_id(row, seed), quick,
                          overrides, trained["final"])
     if got is None:
@@ -344,15 +344,24 @@ def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
     return _write_record(row, seed, out, cmd, final, round(time.time() - t0, 1), quick, **extra)
 
 
-def _write_record(row: Row, seed: int, out: Path, cmd: list[str], final: dict, wall: float, quick: bool, **extra) -> dict:
-    """``<out>/raw/<run>.json``, written atomically: the run's final.json, its exact command, wall time, machine."""
+def _write_record(row: Row, seed: int, out: Path, cmd: list[str], final: dict, wall: float, quick: bool,
+                  environment: dict | None = None, **extra) -> dict:
+    """``<out>/raw/<run>.json``, written atomically: the run's final.json, its exact command, wall time, machine,
+    and the package versions and CPU its run folder's run_info.json recorded (``environment``: the same
+    code and seed train other weights on a CPU whose kernels differ, see ``warpadapt.uda.run.run_info``)."""
     raw = out / "raw" / f"{run_id(row, seed)}.json"
+    if environment is None:
+        info = out / "runs" / run_id(row, seed) / "run_info.json"
+        if info.exists():
+            got = json.loads(info.read_text())
+            environment = {"versions": got.get("versions"), "cpu": got.get("cpu")}
     record = {"run": run_id(row, seed), "table": row.table, "row": row.name, "label": row.label,
               "seed": seed, "recipe": row.recipe, "config": row.config,
               "command": _relative(shlex.join(["python", *cmd[1:]])),
               "wall_seconds": wall, "quick": quick,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-              "commit": _git_commit(), **extra, "final": final}
+              "commit": _git_commit(), **({"environment": environment} if environment else {}), **extra,
+              "final": final}
     raw.parent.mkdir(parents=True, exist_ok=True)
     tmp = raw.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")

@@ -124,6 +124,9 @@ def test_a_row_with_a_twin_is_the_twins_model_evaluated_on_test(tmp_path):
                        "--rows", "instance"]) == 0
     again = json.loads((tmp_path / "raw" / "segmentation__instance__s0.json").read_text())
     assert again["final"] == rec["final"] and again["trained_by"] == rec["trained_by"] and "evaluated_by" in again
+    # where each number was made: package versions and the CPU kernels (they change the weights trained)
+    assert again["environment"] == trained["environment"] and trained["environment"]["cpu"]["capability"]
+    assert trained["environment"]["versions"]["torch"] and rec["environment"] == trained["environment"]
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing evaluated
     # trained from scratch with eval.target_split=test, the row is the same model with the same test score
     assert table.main(["--quick", "--out", str(tmp_path / "b"), "--seeds", "0", "--tables", "segmentation",

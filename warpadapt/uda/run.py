@@ -228,10 +228,15 @@ def throughput_switches(cfg: DictConfig, model: torch.nn.Module) -> torch.nn.Mod
 
 def run_info(info: DistInfo | None = None) -> dict:
     """What a run folder records about where it ran (``run_info.json``): the command line, the git commit
-    of the code (``None`` outside a checkout), package versions, the device names and the world size.
+    of the code (``None`` outside a checkout), package versions, the device names, the world size and the
+    CPU (model, the vector instruction set torch's kernels use, threads). The same code and seed train
+    different weights on CPUs whose kernels differ (AVX2 against AVX-512 rounds differently), so a number
+    is reproduced to the digit only on a CPU of the same ``capability``.
 
     >>> sorted(run_info())[:4], run_info()["versions"]["torch"] == torch.__version__
-    (['argv', 'cuda', 'devices', 'git'], True)
+    (['argv', 'cpu', 'cuda', 'devices'], True)
+    >>> run_info()["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
+    True
     """
     import importlib.metadata as md
 
@@ -253,9 +258,22 @@ def run_info(info: DistInfo | None = None) -> dict:
     versions["torch"] = torch.__version__
     cuda = torch.cuda.is_available()
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else ["cpu"]
+    cpu = {"model": _cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(),
+           "threads": torch.get_num_threads()}
     return {"argv": sys.argv, "git": commit, "host": platform.node(), "python": platform.python_version(),
             "versions": versions, "devices": devices, "cuda": torch.version.cuda if cuda else None,
-            "world_size": info.world_size}
+            "world_size": info.world_size, "cpu": cpu}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def peak_memory_mb(info: DistInfo | None = None) -> float:
