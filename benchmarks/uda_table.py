@@ -300,6 +300,14 @@ def _evaluate_twin(row: Row, seed: int, out: Path, quick: bool, overrides: tuple
     return _write_record(row, seed, out, cmd, final, wall, quick, **extra)
 
 
+def _twin_ready(out: Path, source: Row, seed: int) -> bool:
+    """Whether the finished run of ``source`` at ``seed`` can stand in for its twin without training: its record
+    keeps a test evaluation, or its run folder is still here to evaluate."""
+    raw = out / "raw" / f"{run_id(source, seed)}.json"
+    return raw.exists() and ("test_eval" in json.loads(raw.read_text())
+                             or (out / "runs" / run_id(source, seed) / "last.pt").exists())
+
+
 def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
     raw = out / "raw" / f"{run_id(row, seed)}.json"
     if raw.exists():
@@ -312,9 +320,7 @@ def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
         choice = 13  # tiny runs: the paper's FWHM
     overrides, group = resolve(row, choice)
     source = twin(row, overrides, seed)
-    src_raw = None if source is None else out / "raw" / f"{run_id(source, seed)}.json"
-    if src_raw is not None and src_raw.exists() and (
-            "test_eval" in json.loads(src_raw.read_text()) or (out / "runs" / run_id(source, seed) / "last.pt").exists()):
+    if source is not None and _twin_ready(out, source, seed):
         return _evaluate_twin(row, seed, out, quick, overrides, source)
     run_dir = out / "runs" / run_id(row, seed)
     t0 = time.time()
@@ -383,7 +389,8 @@ EVAL_MINUTES = 1.0
 def run_minutes(out: Path):
     """The estimated wall minutes of one run (a function of row and seed): the median wall time of the
     finished runs of its recipe (``DEFAULT_MINUTES`` before any), a run resuming from a shared burn-in at the
-    same (an upper bound), a run with a ``twin`` at ``EVAL_MINUTES``."""
+    same (an upper bound), a run with a ``twin`` at ``EVAL_MINUTES`` (unless the FWHM is chosen and that twin
+    kept neither its test evaluation nor its run folder: then it re-trains)."""
     done: dict = {}
     for p in (out / "raw").glob("*.json"):
         r = json.loads(p.read_text())
@@ -391,8 +398,11 @@ def run_minutes(out: Path):
             done.setdefault(r.get("recipe"), []).append(r["wall_seconds"] / 60)
 
     def minutes(row: Row, seed: int) -> float:
-        if row.fwhm and twin(row, resolve(row, FWHMS[-1])[0], seed) is not None:
-            return EVAL_MINUTES
+        if row.fwhm:  # a twin evaluates; once the FWHM is chosen, only if its source needs no re-training
+            chosen = fwhm_choice(out, row.recipe)
+            source = twin(row, resolve(row, chosen or FWHMS[-1])[0], seed)
+            if source is not None and (chosen is None or _twin_ready(out, source, seed)):
+                return EVAL_MINUTES
         return statistics.median(done[row.recipe]) if done.get(row.recipe) else DEFAULT_MINUTES[row.recipe]
 
     return minutes
