@@ -146,6 +146,11 @@ def _metric(recipe: str) -> str:
     return "target_map50" if recipe == "twopcnet" else "target_miou"
 
 
+def _fwhm_of(row: Row) -> int:
+    """The FWHM a ``fwhm_select`` row tries (its name ends in ``fwhm<F>``)."""
+    return int(row.name.rsplit("fwhm", 1)[1])
+
+
 def fwhm_choice(out: Path, recipe: str) -> int | None:
     """The FWHM the Instance-Warp rows of ``recipe`` use: the best mean target-VAL metric over the seeds of
     the ``fwhm_select`` rows (ties: the larger, the paper's side); None until every one of those runs is done."""
@@ -157,7 +162,7 @@ def fwhm_choice(out: Path, recipe: str) -> int | None:
             if not raw.exists():
                 return None
             vals.append(json.loads(raw.read_text())["final"][_metric(recipe)])
-        means[int(row.name.rsplit("fwhm", 1)[1])] = statistics.mean(vals)
+        means[_fwhm_of(row)] = statistics.mean(vals)
     return max(sorted(means, reverse=True), key=lambda f: means[f]) if means else None  # max keeps the first
 
 
@@ -286,9 +291,9 @@ def _evaluate_twin(row: Row, seed: int, out: Path, quick: bool, overrides: tuple
     trained the model and keeps that run's training time per iteration."""
     trained = json.loads((out / "raw" / f"{run_id(source, seed)}.json").read_text())
     extra = {"trained_by": run_id(source, seed), "train_command": trained["command"]}
-    cmd = command(row, seed, out / "runs" / run_id(row, seed), quick, overrides) + ["resume=true"]
     kept = trained.get("test_eval")
     if row.split == "test" and kept is not None:
+        cmd = command(row, seed, out / "runs" / run_id(row, seed), quick, overrides) + ["resume=true"]
         _say(f"[uda_table] {run_id(row, seed)}: the model of {run_id(source, seed)} on test, from its record")
         return _write_record(row, seed, out, cmd, kept["final"], kept["wall_seconds"], quick,
                              evaluated_by=kept["command"], environment=trained.get("environment"), **extra)
@@ -341,8 +346,7 @@ def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
     if final is None:
         return None
     extra = {"burn_in": _relative(str(burn))} if burn is not None else {}
-    fwhm = int(row.name.rsplit("fwhm", 1)[1]) if row.table == "fwhm_select" else None
-    if fwhm is not None and any(twin(r, resolve(r, fwhm)[0], seed) == row for r in ROWS if r.fwhm):
+    if row.table == "fwhm_select" and any(twin(r, resolve(r, _fwhm_of(row))[0], seed) == row for r in ROWS if r.fwhm):
         kept = _test_eval(row, seed, out, quick, overrides, final)
         if kept is None:
             return None
