@@ -39,7 +39,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -198,11 +197,15 @@ _LOCKS: dict = {}
 _LOCKS_GUARD = threading.Lock()
 
 
+def _burn_in_path(row: Row, group: str, seed: int, out: Path) -> Path:
+    # keyed by recipe, not table: the fwhm_select rows' burn-ins are the Instance-Warp rows' at that FWHM
+    return out / "runs" / f"{row.recipe}__burn_in__{group}__s{seed}"
+
+
 def _burn_in_folder(row: Row, group: str, seed: int, out: Path, overrides: tuple, quick: bool) -> Path | None:
     """The shared burn-in of ``group`` for this seed, trained once (rows waiting for it block on a lock);
     None if it failed. Its run is the row's own command stopped at ``train.burn_in``."""
-    # keyed by recipe, not table: the fwhm_select rows' burn-ins are the Instance-Warp rows' at that FWHM
-    folder = out / "runs" / f"{row.recipe}__burn_in__{group}__s{seed}"
+    folder = _burn_in_path(row, group, seed, out)
     with _LOCKS_GUARD:
         lock = _LOCKS.setdefault(folder, threading.Lock())
     with lock:
@@ -311,6 +314,59 @@ def _twin_ready(out: Path, source: Row, seed: int) -> bool:
     raw = out / "raw" / f"{run_id(source, seed)}.json"
     return raw.exists() and ("test_eval" in json.loads(raw.read_text())
                              or (out / "runs" / run_id(source, seed) / "last.pt").exists())
+
+
+def _burn_in_pending(row: Row, seed: int, out: Path) -> Path | None:
+    """The shared burn-in folder this job would train first, or None (no shared burn-in, already trained, the
+    run has its own checkpoint or its record, a twin evaluation, or the FWHM is not chosen yet)."""
+    if row.burn_in is None or (out / "raw" / f"{run_id(row, seed)}.json").exists() \
+            or (out / "runs" / run_id(row, seed) / "last.pt").exists():
+        return None
+    choice = fwhm_choice(out, row.recipe) if row.fwhm else None
+    if row.fwhm and choice is None:
+        return None
+    overrides, group = resolve(row, choice)
+    source = twin(row, overrides, seed)
+    if source is not None and _twin_ready(out, source, seed):
+        return None
+    folder = _burn_in_path(row, group, seed, out)
+    return None if (folder / "final.json").exists() else folder
+
+
+def run_jobs(jobs: list, workers: int, work, key) -> int:
+    """``work(job)`` for every job on ``workers`` threads; returns how many returned True. Jobs start in order,
+    except that one whose ``key(job)`` (its shared burn-in) a running job is training lets the next one go first:
+    it would only wait on the burn-in's lock with a core idle. If every job left waits so, the first starts."""
+    pending, running, errors, failed = list(jobs), [], [], [0]
+    guard = threading.Lock()
+
+    def worker():
+        while True:
+            with guard:
+                if not pending or errors:
+                    return
+                busy = {key(j) for j in running} - {None}
+                job = pending.pop(next((i for i, j in enumerate(pending) if key(j) not in busy), 0))
+                running.append(job)
+            try:
+                bad = work(job)
+            except BaseException as e:  # re-raised below, as pool.map would
+                with guard:
+                    errors.append(e)
+                    running.remove(job)
+                return
+            with guard:
+                running.remove(job)
+                failed[0] += bool(bad)
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, workers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return failed[0]
 
 
 def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
@@ -787,8 +843,9 @@ def main(argv=None) -> int:
                 _say(f"[uda_table] {i}/{len(phase)} of this phase")
                 return run_one(row, seed, args.out, args.quick) is None
 
-            with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a subprocess
-                failed += sum(pool.map(one, enumerate(phase, 1)))
+            # each job is a subprocess; a job waiting for a burn-in that another one trains lets the next go first
+            failed += run_jobs(list(enumerate(phase, 1)), args.jobs, one,
+                               key=lambda job: _burn_in_pending(job[1][0], job[1][1], args.out))
         if failed:
             print(f"[uda_table] {failed} run(s) failed, wait or were left for the next sitting")
         n, hours = compute_left(todo, args.out)

@@ -97,6 +97,51 @@ def test_hours_starts_only_runs_that_end_within_the_budget(tmp_path, capsys):
     assert (n, hours) == (1, pytest.approx(table.DEFAULT_MINUTES["mic"] / 60))
 
 
+def test_a_job_waiting_for_a_burn_in_another_trains_lets_the_next_go_first():
+    import threading
+    table = _load()
+    started, b_started = [], threading.Event()
+
+    def work(job):
+        started.append(job)
+        if job == "a1":  # trains the shared burn-in "x" until b has started beside it
+            assert b_started.wait(timeout=30), "b never started beside a1: a2 took the second worker"
+        if job == "b":
+            b_started.set()
+        return job == "b"  # one failure, counted
+
+    key = lambda job: "x" if job.startswith("a") else None
+    assert table.run_jobs(["a1", "a2", "b"], 2, work, key) == 1
+    assert started == ["a1", "b", "a2"]
+    started.clear()
+    assert table.run_jobs(["a1", "a2"], 1, lambda j: started.append(j), key) == 0 and started == ["a1", "a2"]
+    with pytest.raises(ZeroDivisionError):  # an error in a job reaches the caller, as from pool.map
+        table.run_jobs([0, 1], 2, lambda j: 1 / j, lambda j: None)
+
+
+def test_burn_in_pending_is_the_shared_folder_until_it_is_trained(tmp_path):
+    table = _load()
+    by = {(r.table, r.name): r for r in table.ROWS}
+    bi, al, uda = by[("detection", "instance_burn_in")], by[("detection", "instance_always")], by[("detection", "uda")]
+    assert table._burn_in_pending(bi, 3, tmp_path) is None  # the FWHM is not chosen yet: the job only waits
+    (tmp_path / "raw").mkdir()
+    for f in (4, 8, 13):
+        for s in range(3):
+            (tmp_path / "raw" / f"fwhm_select__detection_fwhm{f}__s{s}.json").write_text(
+                json.dumps({"final": {"target_map50": 0.4 + (f == 8) * 0.01}}))
+    folder = tmp_path / "runs" / "twopcnet__burn_in__instance_fwhm8__s3"
+    assert table._burn_in_pending(bi, 3, tmp_path) == table._burn_in_pending(al, 3, tmp_path) == folder
+    assert table._burn_in_pending(uda, 3, tmp_path) == tmp_path / "runs" / "twopcnet__burn_in__plain__s3"
+    assert table._burn_in_pending(by[("segmentation", "instance")], 3, tmp_path) is None  # no shared burn-in
+    (tmp_path / "raw" / "fwhm_select__detection_fwhm8__s1.json").write_text(
+        json.dumps({"final": {"target_map50": 0.41}, "test_eval": {"final": {}}}))
+    assert table._burn_in_pending(bi, 1, tmp_path) is None  # its twin's model is evaluated: nothing trains
+    assert table._burn_in_pending(al, 1, tmp_path) == tmp_path / "runs" / "twopcnet__burn_in__instance_fwhm8__s1"
+    folder.mkdir(parents=True)
+    (folder / "final.json").write_text("{}")
+    assert table._burn_in_pending(bi, 3, tmp_path) is None and table._burn_in_pending(al, 3, tmp_path) is None
+
+
 def test_twins_are_the_instance_rows_at_the_selected_fwhm_on_the_selection_seeds():
     table = _load()
     by = {(r.table, r.name): r for r in table.ROWS}
