@@ -316,20 +316,29 @@ def _twin_ready(out: Path, source: Row, seed: int) -> bool:
                              or (out / "runs" / run_id(source, seed) / "last.pt").exists())
 
 
-def _burn_in_pending(row: Row, seed: int, out: Path) -> Path | None:
+def _plan(row: Row, seed: int, out: Path, quick: bool):
+    """What ``run_one`` does for this job, decided in one place: None while it waits for the FWHM choice, else
+    ``(overrides, burn-in group or None, twin source whose model it evaluates, or None when it trains)``."""
+    choice = fwhm_choice(out, row.recipe) if row.fwhm else None
+    if row.fwhm and choice is None:
+        if not quick:
+            return None
+        choice = 13  # tiny runs: the paper's FWHM
+    overrides, group = resolve(row, choice)
+    source = twin(row, overrides, seed)
+    return overrides, group, source if source is not None and _twin_ready(out, source, seed) else None
+
+
+def _burn_in_pending(row: Row, seed: int, out: Path, quick: bool = False) -> Path | None:
     """The shared burn-in folder this job would train first, or None (no shared burn-in, already trained, the
     run has its own checkpoint or its record, a twin evaluation, or the FWHM is not chosen yet)."""
     if row.burn_in is None or (out / "raw" / f"{run_id(row, seed)}.json").exists() \
             or (out / "runs" / run_id(row, seed) / "last.pt").exists():
         return None
-    choice = fwhm_choice(out, row.recipe) if row.fwhm else None
-    if row.fwhm and choice is None:
+    plan = _plan(row, seed, out, quick)
+    if plan is None or plan[1] is None or plan[2] is not None:
         return None
-    overrides, group = resolve(row, choice)
-    source = twin(row, overrides, seed)
-    if source is not None and _twin_ready(out, source, seed):
-        return None
-    folder = _burn_in_path(row, group, seed, out)
+    folder = _burn_in_path(row, plan[1], seed, out)
     return None if (folder / "final.json").exists() else folder
 
 
@@ -373,15 +382,12 @@ def run_one(row: Row, seed: int, out: Path, quick: bool) -> dict | None:
     raw = out / "raw" / f"{run_id(row, seed)}.json"
     if raw.exists():
         return json.loads(raw.read_text())
-    choice = fwhm_choice(out, row.recipe) if row.fwhm else None
-    if row.fwhm and choice is None:
-        if not quick:
-            _say(f"[uda_table] {run_id(row, seed)} waits: its FWHM is chosen on val by the fwhm_select rows, not all done")
-            return None
-        choice = 13  # tiny runs: the paper's FWHM
-    overrides, group = resolve(row, choice)
-    source = twin(row, overrides, seed)
-    if source is not None and _twin_ready(out, source, seed):
+    plan = _plan(row, seed, out, quick)
+    if plan is None:
+        _say(f"[uda_table] {run_id(row, seed)} waits: its FWHM is chosen on val by the fwhm_select rows, not all done")
+        return None
+    overrides, group, source = plan
+    if source is not None:
         return _evaluate_twin(row, seed, out, quick, overrides, source)
     run_dir = out / "runs" / run_id(row, seed)
     t0 = time.time()
@@ -845,7 +851,7 @@ def main(argv=None) -> int:
 
             # each job is a subprocess; a job waiting for a burn-in that another one trains lets the next go first
             failed += run_jobs(list(enumerate(phase, 1)), args.jobs, one,
-                               key=lambda job: _burn_in_pending(job[1][0], job[1][1], args.out))
+                               key=lambda job: _burn_in_pending(job[1][0], job[1][1], args.out, args.quick))
         if failed:
             print(f"[uda_table] {failed} run(s) failed, wait or were left for the next sitting")
         n, hours = compute_left(todo, args.out)
