@@ -211,6 +211,38 @@ def bn_recalibration_detection(run_dir: Path, images: int = 64, threads: int = 1
     return out
 
 
+def scale_sweep(run_dir: Path, scales=(1.0, 1.3, 1.6), threads: int = 1) -> dict:
+    """twopcnet runs (table runs and burn-in checkpoints): the model the run reports (the EMA teacher
+    when it adapted, else the student) on source val and target test with every image resized to
+    ``s`` x the recipe's input size for each ``s`` in ``scales`` (``Detector.input_scale``; the
+    boxes are scored in the original pixels). A detector whose training warp magnified its objects
+    and that learned them at that size scores best at some ``s`` > 1 where an unwarped one does not."""
+    from warpadapt.uda.build import detection_datasets, detector_from_config
+    from warpadapt.uda.evaluate import evaluate_detection
+
+    cfg, ckpt = _finished_run(run_dir, "twopcnet", threads)
+    _, _, src_val, tgt_test, classes = detection_datasets(cfg)
+    adapted = cfg.uda.enabled and cfg.train.iters > cfg.train.burn_in
+    state = {k.removeprefix("module."): v for k, v in ckpt["teacher"].items()} if adapted else ckpt["student"]
+    net = detector_from_config(cfg, len(classes) + 1)
+    net.load_state_dict(state)
+    net.eval()
+    out = {"run": run_dir.name, "model": "teacher" if adapted else "student", "guidance": cfg.warp.guidance,
+           "warp_stage": cfg.warp.stage, "iters": ckpt["step"], "scales": [float(s) for s in scales],
+           "image_size": list(cfg.data.image_size)}
+    for split, ds in (("target", tgt_test), ("source", src_val)):
+        res = []
+        for s in scales:
+            with net.input_scale(float(s)):
+                res.append(evaluate_detection(net, ds, classes, batch_size=cfg.eval.batch_size,
+                                              max_images=cfg.eval.max_images))
+        out[split] = {"map50": [r["mAP50"] for r in res], "ap_small": [r["AP_small"] for r in res],
+                      "ap_medium": [r["AP_medium"] for r in res]}
+        print(f"{run_dir.name} {out['model']} {split}: mAP50 at x" + ", x".join(
+            f"{s:g} {100 * m:.1f}" for s, m in zip(scales, out[split]["map50"])), flush=True)
+    return out
+
+
 def warp_stats(pair: str = "synthetic_day2night", images: int = 200, size=(128, 256),
                guidances=("instance", "static", "geometric")) -> dict:
     """What each guidance does to the ground-truth objects of ``images`` source training scenes (the
@@ -267,9 +299,14 @@ def main(argv=None) -> int:
     ap.add_argument("--warps", action="store_true", help="also what each guidance does to the source objects")
     ap.add_argument("--bn", action="store_true", help="also each student with BatchNorm statistics re-estimated "
                     "from source / target train images (results/diagnose/bn/, bn_detection/)")
+    ap.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
+                    help="only the test-time scale sweep: each detection run's reported model on source val and "
+                         "target test at S x its input size (results/diagnose/scales/), e.g. --scales 1 1.3 1.6")
     a = ap.parse_args(argv)
     if a.images < 1:
         ap.error(f"--images must be >= 1, got {a.images}")
+    if a.scales is not None and not all(0.0 < s <= 8.0 for s in a.scales):
+        ap.error(f"--scales: expected numbers in (0, 8], got {a.scales}")
     if a.warps and not (a.results / "diagnose" / "warps.json").exists():
         import torch
         torch.set_num_threads(a.threads)
@@ -277,6 +314,8 @@ def main(argv=None) -> int:
         (a.results / "diagnose").mkdir(parents=True, exist_ok=True)
         (a.results / "diagnose" / "warps.json").write_text(json.dumps(rec, indent=2) + "\n")
     names = a.runs or sorted(p.name for p in (a.results / "runs").glob("*__*__s*") if (p / "final.json").is_file())
+    if a.scales is not None:
+        return _scale_sweeps(a.results, names, a.scales, a.threads)
     for name in names:
         dest = a.results / "diagnose" / f"{name}.json"
         if dest.exists():
@@ -300,6 +339,24 @@ def main(argv=None) -> int:
         if dest.exists():
             continue
         rec = (bn_recalibration if seg else bn_recalibration_detection)(run_dir, threads=a.threads)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=2) + "\n")
+        os.replace(tmp, dest)
+    return 0
+
+
+def _scale_sweeps(results: Path, names: list[str], scales: list[float], threads: int) -> int:
+    """``scale_sweep`` of every detection run in ``names`` that has a final checkpoint and no record yet."""
+    for name in names:
+        run_dir = results / "runs" / name
+        dest = results / "diagnose" / "scales" / f"{name}.json"
+        if dest.exists() or not name.startswith(("detection__", "twopcnet__")):
+            continue
+        if not (run_dir / "last.pt").is_file():
+            print(f"{name}: no {run_dir / 'last.pt'}; skipped", file=sys.stderr)
+            continue
+        rec = scale_sweep(run_dir, scales, threads)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=2) + "\n")

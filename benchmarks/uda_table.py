@@ -722,6 +722,55 @@ def _bn_recalibration(out: Path, seeds: list[int]) -> list[str]:
             "statistics, not its weights, hold it back, the re-estimated columns say so.", "", *lines, ""]
 
 
+def _scale_group(run: str) -> tuple[str, str, int]:
+    """(group, its unwarped counterpart's group, seed) of a scale-sweep record's run name: a table run
+    ``detection__<row>__s<k>`` (counterpart: the UDA row) or a burn-in ``twopcnet__burn_in__<kind>__s<k>``
+    (counterpart: the plain burn-in)."""
+    head, seed = run.rsplit("__", 1)
+    if head.startswith("twopcnet__burn_in__"):
+        return head, "twopcnet__burn_in__plain", int(seed[1:])
+    return head, "detection__uda", int(seed[1:])
+
+
+def _scale_sweep(out: Path, seeds: list[int]) -> list[str]:
+    """benchmarks/uda_diagnose.py --scales: each detection model's mAP50 with its test images resized,
+    per group mean ± std and the paired Δ against the unwarped counterpart at each scale."""
+    recs = {}
+    for p in sorted((out / "diagnose" / "scales").glob("*.json")):
+        d = json.loads(p.read_text())
+        group, _, seed = _scale_group(d["run"])
+        if seed in seeds:
+            recs[(group, seed)] = d
+    if not recs:
+        return []
+    scales = next(iter(recs.values()))["scales"]
+    labels = {f"detection__{r.name}": r.label for r in ROWS if r.table == "detection"}
+    head = " | ".join(f"x{s:g}" for s in scales)
+    lines = [f"| model | seeds | target mAP50: {head} | Δ vs unwarped (paired): {head} | source mAP50: {head} |",
+             "|---|---|" + "---|" * (3 * len(scales))]
+    for group in sorted({g for g, _ in recs}, key=lambda g: (not g.startswith("twopcnet"), g)):
+        got = sorted(s for g, s in recs if g == group)
+        rows = [recs[(group, s)] for s in got]
+        if rows[0]["scales"] != scales:
+            raise ValueError(f"{group}: scale-sweep records with scales {rows[0]['scales']}, others {scales}")
+        twin = _scale_group(rows[0]["run"])[1]
+        pairs = [(recs[(group, s)], recs[(twin, s)]) for s in got if twin != group and (twin, s) in recs]
+        label = labels.get(group, group.replace("twopcnet__burn_in__", "burn-in only (student), "))
+        cells = [_ms([r["target"]["map50"][k] for r in rows], 100) for k in range(len(scales))]
+        cells += [_ms([a["target"]["map50"][k] - b["target"]["map50"][k] for a, b in pairs], 100) if pairs else "-"
+                  for k in range(len(scales))]
+        cells += [_ms([r["source"]["map50"][k] for r in rows], 100) for k in range(len(scales))]
+        lines.append(f"| {label} ({rows[0]['model']}) | {', '.join(map(str, got))} | " + " | ".join(cells) + " |")
+    size = next(iter(recs.values()))["image_size"]
+    return ["### Detection: test-time image scale", "",
+            "`python benchmarks/uda_diagnose.py --scales " + " ".join(f"{s:g}" for s in scales) + " --runs ...`: the "
+            f"model each run reports on target test and source val with every image resized to x s its input size "
+            f"({size[0]} x {size[1]}), boxes scored in the original pixels. If a warp-trained detector learned its "
+            "objects at the magnified size the warp showed it, it gains more than the unwarped one as s grows; Δ "
+            "pairs each model with its unwarped counterpart of the same seed (the UDA row, or the plain burn-in).",
+            "", *lines, ""]
+
+
 #: The table before the recipes followed their methods' code, kept as it was measured.
 SUPERSEDED = ("The table measured on the recipes before they followed their methods' code (up to commit 2ab6164; 51 "
               "runs, 3 seeds) is kept, with its raw records, diagnosis and reading, in "
@@ -799,7 +848,8 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
                 lines += ["", f"Command of one run (the others differ only in the row's overrides and the seed): "
                               f"`{_relative(example['command'])}`"]
             lines.append("")
-    diagnosis = _warp_effects(out) + _diagnosis(out, seeds) + _diagnosis_segmentation(out, seeds) + _bn_recalibration(out, seeds)
+    diagnosis = (_warp_effects(out) + _diagnosis(out, seeds) + _diagnosis_segmentation(out, seeds)
+                 + _bn_recalibration(out, seeds) + _scale_sweep(out, seeds))
     if diagnosis:
         lines += ["## Diagnosis", "", *diagnosis]
     if reading:

@@ -413,3 +413,42 @@ def test_eval_noise_first_half_is_the_recipes_own_test_score(tmp_path):
     out = tmp_path / "noise.json"
     assert mod.main([str(run_dir), "--images", "2", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["records"][0]["halves"] == rec["halves"]
+
+
+def test_input_scale_resizes_what_the_backbone_sees_and_keeps_boxes_in_input_pixels():
+    torch.manual_seed(0)
+    det = _tiny_detector().eval()
+    seen = []
+    det.backbone.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    img = torch.rand(3, 64, 128)
+    with torch.no_grad():
+        det.detect([img])
+        with det.input_scale(1.5):
+            out = det.detect([img])
+    assert seen[0] == (64, 128) and seen[1] == (96, 192)
+    b = out[0]["boxes"]
+    assert len(b) == 0 or (b[:, [0, 2]].max() <= 128 + 1e-4 and b[:, [1, 3]].max() <= 64 + 1e-4)
+    with pytest.raises(RuntimeError, match="inside"), det.input_scale(2.0):
+        raise RuntimeError("inside")
+    assert det.transform.min_size == (64,) and det.transform.max_size == 128  # restored after an error too
+    for bad in (0.0, -1.0, 9.0, "2"):
+        with pytest.raises(ValueError, match="scale"), det.input_scale(bad):
+            pass
+
+
+def test_diagnose_scale_sweep_at_scale_one_is_the_recipes_own_score(tmp_path):
+    from test_twopcnet import TINY
+    name = "detection__uda__s0"
+    run_dir = tmp_path / "runs" / name
+    _recipe().main(TINY + [f"out_dir={run_dir}", "train.iters=2", "eval.target_split=test"])
+    final = json.loads((run_dir / "final.json").read_text())
+    spec = importlib.util.spec_from_file_location("uda_diagnose", ROOT / "benchmarks" / "uda_diagnose.py")
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    assert diag.main(["--results", str(tmp_path), "--runs", name, "--scales", "1", "2"]) == 0
+    rec = json.loads((tmp_path / "diagnose" / "scales" / f"{name}.json").read_text())
+    assert rec["model"] == "teacher" and rec["scales"] == [1.0, 2.0]
+    assert rec["target"]["map50"][0] == pytest.approx(final["target_map50"], abs=1e-9)
+    assert rec["source"]["map50"][0] == pytest.approx(final["source_map50"], abs=1e-9)
+    with pytest.raises(SystemExit):
+        diag.main(["--results", str(tmp_path), "--runs", name, "--scales", "0"])

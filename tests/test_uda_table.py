@@ -293,6 +293,33 @@ def test_report_bn_recalibration_pairs_each_treatment(tmp_path):
     assert table._bn_recalibration(tmp_path / "nothing", [0]) == []
 
 
+def test_report_scale_sweep_pairs_each_model_with_its_unwarped_twin(tmp_path):
+    """diagnose/scales records with known numbers: a table row pairs with the UDA row, a warped burn-in with
+    the plain burn-in, seed by seed and scale by scale; a seed without its twin is left out of Δ."""
+    table = _load()
+    d = tmp_path / "diagnose" / "scales"
+    d.mkdir(parents=True)
+    vals = {"detection__uda": {0: (0.40, 0.30), 1: (0.44, 0.36)},
+            "detection__instance_burn_in": {0: (0.38, 0.33), 1: (0.40, 0.37), 2: (0.5, 0.5)},
+            "twopcnet__burn_in__plain": {1: (0.20, 0.10)},
+            "twopcnet__burn_in__instance_fwhm4": {1: (0.18, 0.15)}}
+    for group, per_seed in vals.items():
+        for s, v in per_seed.items():
+            rec = {"run": f"{group}__s{s}", "model": "teacher", "scales": [1.0, 1.5], "image_size": [128, 256],
+                   "target": {"map50": list(v)}, "source": {"map50": [0.6, 0.5]}}
+            (d / f"{group}__s{s}.json").write_text(json.dumps(rec))
+    lines = table._scale_sweep(tmp_path, [0, 1, 2])
+    row = next(line for line in lines if line.startswith("| UDA + Instance-Warp (burn-in only) (teacher) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "0, 1, 2" and cells[2] == "42.7 ± 6.4"
+    assert cells[4:6] == ["-3.0 ± 1.4", "2.0 ± 1.4"]  # 38-40, 40-44; 33-30, 37-36 (seed 2: no twin)
+    burn = next(line for line in lines if line.startswith("| burn-in only (student), instance_fwhm4 "))
+    assert [c.strip() for c in burn.strip("|").split("|")][4:6] == ["-2.0 (n=1)", "5.0 (n=1)"]
+    plain = next(line for line in lines if line.startswith("| burn-in only (student), plain "))
+    assert "| - | - |" in plain  # the unwarped twin has no Δ
+    assert table._scale_sweep(tmp_path / "nothing", [0]) == []
+
+
 def test_decision_rule_needs_every_seed_and_the_margin(tmp_path):
     """uda_vs_source.decision: PASS only with all seeds present, each delta and the mean >= 2 points, for the
     student and (detection) the teacher; one seed short of the margin fails the pair."""

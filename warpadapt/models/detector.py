@@ -20,6 +20,7 @@ used: ``anchor_scale * stride`` per level (torchvision's ResNet-50 FPN: 8 x (4, 
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -229,15 +230,8 @@ class Detector(FasterRCNN):
             return self.detect(images)
         if targets is None:
             raise ValueError("targets: training mode needs a list of {'boxes', 'labels'} (one per image)")
-        if not 0.0 < scale <= 8.0:
-            raise ValueError(f"scale: expected a number in (0, 8], got {scale!r}")
-        t = self.transform
-        saved = t.min_size, t.max_size
-        t.min_size, t.max_size = tuple(m * scale for m in saved[0]), saved[1] * scale
-        try:  # the transform resizes to scale x its usual size, boxes with the images
-            images, targets = t(list(images), [dict(tg) for tg in targets])
-        finally:
-            t.min_size, t.max_size = saved
+        with self.input_scale(scale):  # the transform resizes to scale x its usual size, boxes with the images
+            images, targets = self.transform(list(images), [dict(tg) for tg in targets])
         if min_box_area > 0:
             targets = [_drop_small_boxes(tg, min_box_area) for tg in targets]
         feats = self.features(images, targets, warp=warp)
@@ -317,6 +311,30 @@ class Detector(FasterRCNN):
         return out
 
     @torch.no_grad()
+    @contextlib.contextmanager
+    def input_scale(self, scale: float):
+        """Within the block ``self.transform`` resizes every image to ``scale`` x its usual size (its
+        ``min_size`` / ``max_size`` scaled; restored on exit). Training uses it for ``forward(scale=)``;
+        a test-time scale sweep wraps evaluation in it (detections stay in the input images' pixels).
+
+        >>> det = Detector("resnet18", num_classes=2, out_indices=(3,), fpn_channels=16, min_size=64, max_size=128,
+        ...                representation_size=32)
+        >>> with det.input_scale(1.5):
+        ...     det.transform.min_size, det.transform.max_size
+        ((96.0,), 192.0)
+        >>> det.transform.min_size, det.transform.max_size
+        ((64,), 128)
+        """
+        if not isinstance(scale, (int, float)) or not 0.0 < scale <= 8.0:
+            raise ValueError(f"scale: expected a number in (0, 8], got {scale!r}")
+        t = self.transform
+        saved = t.min_size, t.max_size
+        t.min_size, t.max_size = tuple(m * scale for m in saved[0]), saved[1] * scale
+        try:
+            yield self
+        finally:
+            t.min_size, t.max_size = saved
+
     def detect(self, images, return_features: bool = False):
         """Detections (eval path, never warped) in the input images' pixels.
 
