@@ -31,6 +31,7 @@ them in docs/RESULTS.md. Evaluation only: nothing trains.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -243,10 +244,80 @@ def scale_sweep(run_dir: Path, scales=(1.0, 1.3, 1.6), threads: int = 1) -> dict
     return out
 
 
+@contextlib.contextmanager
+def _warping_in_eval(body):
+    """Within the block the wrapped backbone ``body`` warps when given boxes although the model is in
+    eval mode (only ``body``'s own flag is set: its BatchNorm layers keep their running statistics).
+    A diagnostic of what the heads see in training; evaluation proper never warps."""
+    saved = body.training
+    body.training = True
+    try:
+        yield body
+    finally:
+        body.training = saved
+
+
+def round_trip(run_dir: Path, fwhm: float = 4.0, threads: int = 1) -> dict:
+    """twopcnet runs (table runs and burn-in checkpoints): the model the run reports on source val and
+    target test as at test time (plain), and with the training warp's round trip in its backbone (each
+    image warped by Instance-Warp at ``fwhm`` from its ground-truth boxes, the backbone run on it, every
+    level unwarped: what the FPN and heads see while the recipe warps). Also the relative change
+    ||unwarp(f(warp(x))) - f(x)|| / ||f(x)|| of every backbone level, mean over the images. A model
+    whose score falls under the round trip learned on features its test time never gives it."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from warpadapt.eval import detection_map
+    from warpadapt.uda.build import detection_datasets, detector_from_config, warp_from_config
+
+    cfg, ckpt = _finished_run(run_dir, "twopcnet", threads)
+    _, _, src_val, tgt_test, classes = detection_datasets(cfg)
+    adapted = cfg.uda.enabled and cfg.train.iters > cfg.train.burn_in
+    state = {k.removeprefix("module."): v for k, v in ckpt["teacher"].items()} if adapted else ckpt["student"]
+    wcfg = OmegaConf.merge(cfg, {"warp": {"guidance": "instance", "fwhm": float(fwhm), "amplitude_range": None}})
+    net = detector_from_config(cfg, len(classes) + 1, warp_from_config(wcfg))
+    net.load_state_dict(state)
+    net.eval()
+    body = net.backbone.body
+    out = {"run": run_dir.name, "model": "teacher" if adapted else "student", "guidance": cfg.warp.guidance,
+           "warp_stage": cfg.warp.stage, "fwhm": float(fwhm), "iters": ckpt["step"]}
+    bs, n_max = cfg.eval.batch_size, cfg.eval.max_images
+    for split, ds in (("target", tgt_test), ("source", src_val)):
+        n = len(ds) if n_max is None else min(int(n_max), len(ds))
+        preds = {"plain": [], "round_trip": []}
+        targets, change = [], None
+        with torch.no_grad():
+            for i in range(0, n, bs):
+                items = [ds[j] for j in range(i, min(n, i + bs))]
+                sizes = [tuple(it["image"].shape[-2:]) for it in items]
+                il, _ = net.transform([it["image"] for it in items])
+                boxes = [it["boxes"].float() * torch.tensor([s[1] / o[1], s[0] / o[0]] * 2)
+                         for it, s, o in zip(items, il.image_sizes, sizes)]  # into the resized images' pixels
+                plain = body(il.tensors)
+                with _warping_in_eval(body):
+                    rt = body(il.tensors, boxes)
+                change = change or [[] for _ in plain]
+                for level, (a, b) in enumerate(zip(rt, plain)):
+                    change[level] += ((a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1).clamp_min(1e-12)).tolist()
+                for name, levels in (("plain", plain), ("round_trip", rt)):
+                    feats = net.backbone.pyramid(levels)
+                    props, _ = net.rpn(il, feats)
+                    dets, _ = net.roi_heads(feats, props, il.image_sizes)
+                    preds[name] += [{k: d[k] for k in ("boxes", "scores", "labels")}
+                                    for d in net.transform.postprocess(dets, il.image_sizes, sizes)]
+                targets += [{"boxes": it["boxes"], "labels": it["labels"]} for it in items]
+        out[split] = {m: detection_map(p, targets, classes)["mAP50"] for m, p in preds.items()}
+        out[split]["feature_change"] = [sum(c) / len(c) for c in change]
+        print(f"{run_dir.name} {out['model']} {split}: mAP50 plain {100 * out[split]['plain']:.1f}, under the warp's "
+              f"round trip (FWHM {fwhm:g}) {100 * out[split]['round_trip']:.1f}; backbone levels change by "
+              + " / ".join(f"{100 * c:.0f}%" for c in out[split]["feature_change"]), flush=True)
+    return out
+
+
 def warp_stats(pair: str = "synthetic_day2night", images: int = 200, size=(128, 256),
-               guidances=("instance", "static", "geometric")) -> dict:
+               guidances=("instance", "static", "geometric"), fwhm: float | None = None) -> dict:
     """What each guidance does to the ground-truth objects of ``images`` source training scenes (the
-    recipes' default warp options): the objects' share of the pixels before / after the warp, and
+    recipes' default warp options; ``fwhm``: the instance guidance's, None = its default): the objects' share of the pixels before / after the warp, and
     the per-box area zoom (warped area / original area; < 1: the box is shrunk)."""
     import torch
 
@@ -259,9 +330,11 @@ def warp_stats(pair: str = "synthetic_day2night", images: int = 200, size=(128, 
     prior = fit_static_prior(boxes, tuple(size))  # the recipes fit it on their source training boxes too
     blank = torch.zeros(1, 3, *size)
     out = {"pair": pair, "images": images, "size": list(size),
+           "instance_fwhm": float(fwhm if fwhm is not None else SaliencyWarp("instance").fwhm),
            "boxes": sum(len(b) for b in boxes), "share_before": sum(pixel_share(b, size) for b in boxes) / images}
     for g in guidances:
-        module = SaliencyWarp(g, prior=prior if g == "static" else None)
+        module = SaliencyWarp(g, prior=prior if g == "static" else None,
+                              **({"fwhm": fwhm} if g == "instance" and fwhm is not None else {}))
         shares, zooms, small, bands = [], [], [], []
         h, w = size
         strips = torch.tensor([[0.0, lo * h, float(w), hi * h] for lo, hi in ROAD_BANDS])
@@ -299,9 +372,15 @@ def main(argv=None) -> int:
     ap.add_argument("--warps", action="store_true", help="also what each guidance does to the source objects")
     ap.add_argument("--bn", action="store_true", help="also each student with BatchNorm statistics re-estimated "
                     "from source / target train images (results/diagnose/bn/, bn_detection/)")
+    ap.add_argument("--fwhm", type=float, default=None, help="with --warps: the instance guidance's FWHM "
+                    "(default: SaliencyWarp's; the table's Instance-Warp rows use the FWHM chosen on val)")
     ap.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
                     help="only the test-time scale sweep: each detection run's reported model on source val and "
                          "target test at S x its input size (results/diagnose/scales/), e.g. --scales 1 1.3 1.6")
+    ap.add_argument("--round-trip", action="store_true",
+                    help="only the warp round trip: each detection run's reported model on source val and target "
+                         "test plain and with its backbone under Instance-Warp at --fwhm (default 4) from the "
+                         "ground-truth boxes (results/diagnose/round_trip/)")
     a = ap.parse_args(argv)
     if a.images < 1:
         ap.error(f"--images must be >= 1, got {a.images}")
@@ -310,12 +389,14 @@ def main(argv=None) -> int:
     if a.warps and not (a.results / "diagnose" / "warps.json").exists():
         import torch
         torch.set_num_threads(a.threads)
-        rec = warp_stats(images=a.images)
+        rec = warp_stats(images=a.images, fwhm=a.fwhm)
         (a.results / "diagnose").mkdir(parents=True, exist_ok=True)
         (a.results / "diagnose" / "warps.json").write_text(json.dumps(rec, indent=2) + "\n")
     names = a.runs or sorted(p.name for p in (a.results / "runs").glob("*__*__s*") if (p / "final.json").is_file())
     if a.scales is not None:
         return _scale_sweeps(a.results, names, a.scales, a.threads)
+    if a.round_trip:
+        return _round_trips(a.results, names, 4.0 if a.fwhm is None else a.fwhm, a.threads)
     for name in names:
         dest = a.results / "diagnose" / f"{name}.json"
         if dest.exists():
@@ -339,6 +420,24 @@ def main(argv=None) -> int:
         if dest.exists():
             continue
         rec = (bn_recalibration if seg else bn_recalibration_detection)(run_dir, threads=a.threads)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=2) + "\n")
+        os.replace(tmp, dest)
+    return 0
+
+
+def _round_trips(results: Path, names: list[str], fwhm: float, threads: int) -> int:
+    """``round_trip`` of every detection run in ``names`` that has a final checkpoint and no record yet."""
+    for name in names:
+        run_dir = results / "runs" / name
+        dest = results / "diagnose" / "round_trip" / f"{name}.json"
+        if dest.exists() or not name.startswith(("detection__", "twopcnet__")):
+            continue
+        if not (run_dir / "last.pt").is_file():
+            print(f"{name}: no {run_dir / 'last.pt'}; skipped", file=sys.stderr)
+            continue
+        rec = round_trip(run_dir, fwhm, threads)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=2) + "\n")

@@ -605,7 +605,8 @@ def _warp_effects(out: Path) -> list[str]:
     w = json.loads(path.read_text())
     lines = ["### What each guidance does to the source objects", "",
              f"`python benchmarks/uda_diagnose.py --warps`: {w['images']} source training scenes of {w['pair']} "
-             f"at {w['size'][0]} x {w['size'][1]} ({w['boxes']} boxes), the recipes' warp options. Objects cover "
+             f"at {w['size'][0]} x {w['size'][1]} ({w['boxes']} boxes), the recipes' warp options (instance: FWHM "
+             f"{w.get('instance_fwhm', 13):g}). Objects cover "
              f"{100 * w['share_before']:.1f} % of the pixels before any warp. Zoom = warped box area / original area.",
              "", "| guidance | object pixel share after | box zoom, median | 10th percentile | boxes shrunk "
                  "| small (< 32² px) boxes: zoom median | height of the road row bands, horizon -> bottom |",
@@ -771,6 +772,41 @@ def _scale_sweep(out: Path, seeds: list[int]) -> list[str]:
             "", *lines, ""]
 
 
+def _round_trip(out: Path, seeds: list[int]) -> list[str]:
+    """benchmarks/uda_diagnose.py --round-trip: each detection model plain and under the training warp's
+    round trip, per group mean ± std over seeds, and how much the round trip changes its backbone levels."""
+    recs = {}
+    for p in sorted((out / "diagnose" / "round_trip").glob("*.json")):
+        d = json.loads(p.read_text())
+        group, _, seed = _scale_group(d["run"])
+        if seed in seeds:
+            recs.setdefault(group, []).append(d)
+    if not recs:
+        return []
+    labels = {f"detection__{r.name}": r.label for r in ROWS if r.table == "detection"}
+    lines = ["| model | n | source mAP50: plain | round trip | Δ | target mAP50: plain | round trip | Δ "
+             "| backbone levels' change (source val), stride 8 -> 32 |", "|---|---|---|---|---|---|---|---|---|"]
+    for group in sorted(recs, key=lambda g: (not g.startswith("twopcnet"), g)):
+        got = recs[group]
+        cells = []
+        for split in ("source", "target"):
+            cells += [_ms([g[split]["plain"] for g in got], 100), _ms([g[split]["round_trip"] for g in got], 100),
+                      _ms([g[split]["round_trip"] - g[split]["plain"] for g in got], 100)]
+        change = " / ".join(f"{100 * statistics.mean(g['source']['feature_change'][k] for g in got):.0f} %"
+                            for k in range(len(got[0]["source"]["feature_change"])))
+        label = labels.get(group, group.replace("twopcnet__burn_in__", "burn-in only (student), "))
+        lines.append(f"| {label} ({got[0]['model']}) | {len(got)} | " + " | ".join(cells) + f" | {change} |")
+    fwhm = next(iter(recs.values()))[0]["fwhm"]
+    return ["### Detection: the warp's round trip", "",
+            f"`python benchmarks/uda_diagnose.py --round-trip --fwhm {fwhm:g} --runs ...`: the model each run reports "
+            "on source val and target test as at test time (plain), and with its backbone under the training warp's "
+            f"round trip: each image warped by Instance-Warp (FWHM {fwhm:g}) from its ground-truth boxes, the "
+            "backbone run on it, every level unwarped, as the recipe does while it warps (BatchNorm in eval mode). "
+            "Δ = round trip - plain. The last column is ||unwarp(f(warp(x))) - f(x)|| / ||f(x)|| of each backbone "
+            "level, mean over the images: how different the features the heads train on under the warp are from "
+            "the ones they meet at test time.", "", *lines, ""]
+
+
 #: The table before the recipes followed their methods' code, kept as it was measured.
 SUPERSEDED = ("The table measured on the recipes before they followed their methods' code (up to commit 2ab6164; 51 "
               "runs, 3 seeds) is kept, with its raw records, diagnosis and reading, in "
@@ -849,7 +885,7 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
                               f"`{_relative(example['command'])}`"]
             lines.append("")
     diagnosis = (_warp_effects(out) + _diagnosis(out, seeds) + _diagnosis_segmentation(out, seeds)
-                 + _bn_recalibration(out, seeds) + _scale_sweep(out, seeds))
+                 + _bn_recalibration(out, seeds) + _scale_sweep(out, seeds) + _round_trip(out, seeds))
     if diagnosis:
         lines += ["## Diagnosis", "", *diagnosis]
     if reading:

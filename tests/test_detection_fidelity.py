@@ -452,3 +452,38 @@ def test_diagnose_scale_sweep_at_scale_one_is_the_recipes_own_score(tmp_path):
     assert rec["source"]["map50"][0] == pytest.approx(final["source_map50"], abs=1e-9)
     with pytest.raises(SystemExit):
         diag.main(["--results", str(tmp_path), "--runs", name, "--scales", "0"])
+
+
+def test_warp_stats_fwhm_reaches_the_instance_guidance_only():
+    spec = importlib.util.spec_from_file_location("uda_diagnose", ROOT / "benchmarks" / "uda_diagnose.py")
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    default = diag.warp_stats(images=4, size=(64, 128))
+    four = diag.warp_stats(images=4, size=(64, 128), fwhm=4.0)
+    assert default["instance_fwhm"] == 13.0 and four["instance_fwhm"] == 4.0
+    assert four["instance"]["zoom_median"] != pytest.approx(default["instance"]["zoom_median"], abs=1e-4)
+    assert four["static"] == default["static"] and four["geometric"] == default["geometric"]
+
+
+def test_diagnose_round_trip_plain_is_the_recipes_own_score(tmp_path):
+    """--round-trip: the plain column re-evaluates to the run's own numbers; the round trip changes the
+    backbone's features (the warp does something) and the flag is restored; a burn-in-only run's
+    reported model is its student."""
+    from test_twopcnet import TINY
+    name = "detection__uda__s0"
+    run_dir = tmp_path / "runs" / name
+    _recipe().main(TINY + [f"out_dir={run_dir}", "train.iters=2", "eval.target_split=test", "warp.guidance=none"])
+    final = json.loads((run_dir / "final.json").read_text())
+    spec = importlib.util.spec_from_file_location("uda_diagnose", ROOT / "benchmarks" / "uda_diagnose.py")
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    assert diag.main(["--results", str(tmp_path), "--runs", name, "--round-trip", "--fwhm", "8"]) == 0
+    rec = json.loads((tmp_path / "diagnose" / "round_trip" / f"{name}.json").read_text())
+    assert rec["model"] == "teacher" and rec["fwhm"] == 8.0 and rec["guidance"] == "none"
+    assert rec["target"]["plain"] == pytest.approx(final["target_map50"], abs=1e-9)
+    assert rec["source"]["plain"] == pytest.approx(final["source_map50"], abs=1e-9)
+    assert len(rec["source"]["feature_change"]) == 2 and all(0 < c < 10 for c in rec["source"]["feature_change"])
+    det = _tiny_detector(warp={"fwhm": 8.0}).eval()
+    with diag._warping_in_eval(det.backbone.body):
+        assert det.backbone.body.warps(boxes=[torch.zeros(0, 4)]) and not det.backbone.body.model.training
+    assert not det.backbone.body.training

@@ -320,6 +320,26 @@ def test_report_scale_sweep_pairs_each_model_with_its_unwarped_twin(tmp_path):
     assert table._scale_sweep(tmp_path / "nothing", [0]) == []
 
 
+def test_report_round_trip_rows_average_each_model_group(tmp_path):
+    table = _load()
+    d = tmp_path / "diagnose" / "round_trip"
+    d.mkdir(parents=True)
+    for group, seed, (sp, sr, tp, tr), change in (("twopcnet__burn_in__plain", 1, (0.6, 0.5, 0.3, 0.2), [0.1, 0.3]),
+                                                  ("twopcnet__burn_in__plain", 2, (0.7, 0.5, 0.4, 0.4), [0.3, 0.5]),
+                                                  ("detection__uda", 1, (0.6, 0.6, 0.4, 0.3), [0.2, 0.2])):
+        rec = {"run": f"{group}__s{seed}", "model": "student", "fwhm": 4.0,
+               "source": {"plain": sp, "round_trip": sr, "feature_change": change},
+               "target": {"plain": tp, "round_trip": tr, "feature_change": change}}
+        (d / f"{group}__s{seed}.json").write_text(json.dumps(rec))
+    lines = table._round_trip(tmp_path, [1, 2])
+    row = next(line for line in lines if line.startswith("| burn-in only (student), plain (student) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:5] == ["2", "65.0 ± 7.1", "50.0 ± 0.0", "-15.0 ± 7.1"]
+    assert cells[7] == "-5.0 ± 7.1" and cells[8] == "20 % / 40 %"
+    assert any(line.startswith("| UDA (no warp) (student) | 1 |") for line in lines)
+    assert table._round_trip(tmp_path, [0]) == []
+
+
 def test_decision_rule_needs_every_seed_and_the_margin(tmp_path):
     """uda_vs_source.decision: PASS only with all seeds present, each delta and the mean >= 2 points, for the
     student and (detection) the teacher; one seed short of the margin fails the pair."""

@@ -109,7 +109,10 @@ class TimmFPN(nn.Module):
         self.strides = strides + [2 * strides[-1]]  # the pool level
 
     def forward(self, x: Tensor, boxes: list[Tensor] | None = None) -> "OrderedDict[str, Tensor]":
-        feats = self.body(x, boxes)  # warp -> timm -> [pyramid] -> unwarp every level (when warping)
+        return self.pyramid(self.body(x, boxes))  # warp -> timm -> [pyramid] -> unwarp every level (when warping)
+
+    def pyramid(self, feats: list[Tensor]) -> "OrderedDict[str, Tensor]":
+        """The FPN over the body's feature maps (``forward`` is ``pyramid(body(x, boxes))``)."""
         if self.body.layout == "NHWC":
             feats = [f.permute(0, 3, 1, 2) for f in feats]
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
