@@ -4,6 +4,9 @@
     python benchmarks/uda_diagnose.py --runs detection__uda__s0 detection__source_only__s0
     python benchmarks/uda_diagnose.py --warps               # + what each guidance does to the source objects
     python benchmarks/uda_diagnose.py --bn                  # + each student with BatchNorm statistics re-estimated
+    python benchmarks/uda_diagnose.py --round-trip --fwhm 4 # each detector plain and under the training warp's round trip
+    python benchmarks/uda_diagnose.py --round-trip-parts    # where that round trip's feature change comes from
+    python benchmarks/uda_diagnose.py --scales 1 1.3        # each detector at x s its input size
 
 For each finished run of ``benchmarks/uda_table.py`` (``results/runs/<run>/last.pt`` and its
 ``config.yaml``), loads the final student and, when the run adapted, the final EMA teacher, and
@@ -212,25 +215,40 @@ def bn_recalibration_detection(run_dir: Path, images: int = 64, threads: int = 1
     return out
 
 
+def _reported_detector(run_dir: Path, threads: int, instance_fwhm: float | None = None):
+    """The model a finished twopcnet run reports (the EMA teacher when it adapted, else the student), in
+    eval mode, with Instance-Warp at ``instance_fwhm`` in its backbone when given (it only warps in
+    ``_warping_in_eval``); returns (config, model, the record's header, (source val, target test, classes))."""
+    from omegaconf import OmegaConf
+
+    from warpadapt.uda.build import detection_datasets, detector_from_config, warp_from_config
+
+    cfg, ckpt = _finished_run(run_dir, "twopcnet", threads)
+    _, _, src_val, tgt_test, classes = detection_datasets(cfg)
+    adapted = cfg.uda.enabled and cfg.train.iters > cfg.train.burn_in
+    state = {k.removeprefix("module."): v for k, v in ckpt["teacher"].items()} if adapted else ckpt["student"]
+    warp = None
+    if instance_fwhm is not None:
+        wcfg = OmegaConf.merge(cfg, {"warp": {"guidance": "instance", "fwhm": float(instance_fwhm), "amplitude_range": None}})
+        warp = warp_from_config(wcfg)
+    net = detector_from_config(cfg, len(classes) + 1, warp)
+    net.load_state_dict(state)
+    net.eval()
+    out = {"run": run_dir.name, "model": "teacher" if adapted else "student", "guidance": cfg.warp.guidance,
+           "warp_stage": cfg.warp.stage, "iters": ckpt["step"]}
+    return cfg, net, out, (src_val, tgt_test, classes)
+
+
 def scale_sweep(run_dir: Path, scales=(1.0, 1.3, 1.6), threads: int = 1) -> dict:
     """twopcnet runs (table runs and burn-in checkpoints): the model the run reports (the EMA teacher
     when it adapted, else the student) on source val and target test with every image resized to
     ``s`` x the recipe's input size for each ``s`` in ``scales`` (``Detector.input_scale``; the
     boxes are scored in the original pixels). A detector whose training warp magnified its objects
     and that learned them at that size scores best at some ``s`` > 1 where an unwarped one does not."""
-    from warpadapt.uda.build import detection_datasets, detector_from_config
     from warpadapt.uda.evaluate import evaluate_detection
 
-    cfg, ckpt = _finished_run(run_dir, "twopcnet", threads)
-    _, _, src_val, tgt_test, classes = detection_datasets(cfg)
-    adapted = cfg.uda.enabled and cfg.train.iters > cfg.train.burn_in
-    state = {k.removeprefix("module."): v for k, v in ckpt["teacher"].items()} if adapted else ckpt["student"]
-    net = detector_from_config(cfg, len(classes) + 1)
-    net.load_state_dict(state)
-    net.eval()
-    out = {"run": run_dir.name, "model": "teacher" if adapted else "student", "guidance": cfg.warp.guidance,
-           "warp_stage": cfg.warp.stage, "iters": ckpt["step"], "scales": [float(s) for s in scales],
-           "image_size": list(cfg.data.image_size)}
+    cfg, net, out, (src_val, tgt_test, classes) = _reported_detector(run_dir, threads)
+    out.update(scales=[float(s) for s in scales], image_size=list(cfg.data.image_size))
     for split, ds in (("target", tgt_test), ("source", src_val)):
         res = []
         for s in scales:
@@ -257,6 +275,68 @@ def _warping_in_eval(body):
         body.training = saved
 
 
+def _detector_batches(net, ds, n: int, batch_size: int):
+    """The first ``n`` items of ``ds`` in batches as the detector's transform prepares them: yields
+    (items, the transform's ImageList, the original sizes, the ground-truth boxes in the resized pixels)."""
+    import torch
+
+    for i in range(0, n, batch_size):
+        items = [ds[j] for j in range(i, min(n, i + batch_size))]
+        sizes = [tuple(it["image"].shape[-2:]) for it in items]
+        il, _ = net.transform([it["image"] for it in items])
+        boxes = [it["boxes"].float() * torch.tensor([s[1] / o[1], s[0] / o[0]] * 2)
+                 for it, s, o in zip(items, il.image_sizes, sizes)]
+        yield items, il, sizes, boxes
+
+
+def _relative_change(a, b, ref=None) -> list[float]:
+    """||a - b|| / ||ref|| (default ref = b) of each image of the batch."""
+    ref = b if ref is None else ref
+    return ((a - b).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1).clamp_min(1e-12)).tolist()
+
+
+def round_trip_parts(run_dir: Path, fwhm: float = 4.0, images: int = 64, threads: int = 1) -> dict:
+    """Where the round trip's change of the backbone features comes from, per level, on the first
+    ``images`` source val images of a twopcnet run's reported model (BatchNorm in eval mode). With f the
+    backbone, W / U the Instance-Warp (``fwhm``, from the ground-truth boxes) and its unwarp, each part is
+    a relative change against f(x), mean over the images:
+
+    - ``total``: U f(W x) - f(x), what the recipe's heads see while it warps (``round_trip``'s number);
+    - ``feature_resampling``: U W f(x) - f(x), the loss of resampling a feature map twice at its stride:
+      what even a backbone that commuted with the warp would show;
+    - ``equivariance``: U f(W x) - U W f(x), how far the backbone is from commuting with the warp
+      (total <= the two above, the triangle inequality);
+    - ``image_resampling``: f(U W x) - f(x), the backbone on the image warped and unwarped (its
+      bilinear blur only, no change of geometry left)."""
+    import torch
+
+    cfg, net, out, (src_val, _, _) = _reported_detector(run_dir, threads, instance_fwhm=fwhm)
+    body = net.backbone.body
+    out.update(fwhm=float(fwhm), images=min(int(images), len(src_val)))
+    parts = {k: None for k in ("total", "feature_resampling", "equivariance", "image_resampling")}
+    with torch.no_grad():
+        for _, il, _, boxes in _detector_batches(net, src_val, out["images"], cfg.eval.batch_size):
+            x = il.tensors
+            plain = body(x)
+            with _warping_in_eval(body):
+                rt, w = body(x, boxes, return_warp=True)
+            im, fm = body.warper.method, body.unwarp.method  # the resampling the recipe's warp uses
+            blurred = body(w.unapply(w.apply(x, method=im), method=im))
+            for k, f in enumerate(plain):
+                resampled = w.unapply(w.apply(f, method=fm), method=fm)
+                for name, (a, b) in (("total", (rt[k], f)), ("feature_resampling", (resampled, f)),
+                                     ("equivariance", (rt[k], resampled)), ("image_resampling", (blurred[k], f))):
+                    parts[name] = parts[name] or [[] for _ in plain]
+                    parts[name][k] += _relative_change(a, b, ref=f)
+    out["strides"] = [int(round(x.shape[-1] / f.shape[-1])) for f in plain]
+    out["parts"] = {name: [sum(c) / len(c) for c in levels] for name, levels in parts.items()}
+    print(f"{run_dir.name} {out['model']}: backbone levels (stride " + " / ".join(map(str, out["strides"])) + "), "
+          + "; ".join(f"{name} " + " / ".join(f"{100 * c:.0f}%" for c in v) for name, v in out["parts"].items()),
+          flush=True)
+    return out
+
+
+
 def round_trip(run_dir: Path, fwhm: float = 4.0, threads: int = 1) -> dict:
     """twopcnet runs (table runs and burn-in checkpoints): the model the run reports on source val and
     target test as at test time (plain), and with the training warp's round trip in its backbone (each
@@ -265,40 +345,25 @@ def round_trip(run_dir: Path, fwhm: float = 4.0, threads: int = 1) -> dict:
     ||unwarp(f(warp(x))) - f(x)|| / ||f(x)|| of every backbone level, mean over the images. A model
     whose score falls under the round trip learned on features its test time never gives it."""
     import torch
-    from omegaconf import OmegaConf
 
     from warpadapt.eval import detection_map
-    from warpadapt.uda.build import detection_datasets, detector_from_config, warp_from_config
 
-    cfg, ckpt = _finished_run(run_dir, "twopcnet", threads)
-    _, _, src_val, tgt_test, classes = detection_datasets(cfg)
-    adapted = cfg.uda.enabled and cfg.train.iters > cfg.train.burn_in
-    state = {k.removeprefix("module."): v for k, v in ckpt["teacher"].items()} if adapted else ckpt["student"]
-    wcfg = OmegaConf.merge(cfg, {"warp": {"guidance": "instance", "fwhm": float(fwhm), "amplitude_range": None}})
-    net = detector_from_config(cfg, len(classes) + 1, warp_from_config(wcfg))
-    net.load_state_dict(state)
-    net.eval()
+    cfg, net, out, (src_val, tgt_test, classes) = _reported_detector(run_dir, threads, instance_fwhm=fwhm)
     body = net.backbone.body
-    out = {"run": run_dir.name, "model": "teacher" if adapted else "student", "guidance": cfg.warp.guidance,
-           "warp_stage": cfg.warp.stage, "fwhm": float(fwhm), "iters": ckpt["step"]}
+    out["fwhm"] = float(fwhm)
     bs, n_max = cfg.eval.batch_size, cfg.eval.max_images
     for split, ds in (("target", tgt_test), ("source", src_val)):
         n = len(ds) if n_max is None else min(int(n_max), len(ds))
         preds = {"plain": [], "round_trip": []}
         targets, change = [], None
         with torch.no_grad():
-            for i in range(0, n, bs):
-                items = [ds[j] for j in range(i, min(n, i + bs))]
-                sizes = [tuple(it["image"].shape[-2:]) for it in items]
-                il, _ = net.transform([it["image"] for it in items])
-                boxes = [it["boxes"].float() * torch.tensor([s[1] / o[1], s[0] / o[0]] * 2)
-                         for it, s, o in zip(items, il.image_sizes, sizes)]  # into the resized images' pixels
+            for items, il, sizes, boxes in _detector_batches(net, ds, n, bs):
                 plain = body(il.tensors)
                 with _warping_in_eval(body):
                     rt = body(il.tensors, boxes)
                 change = change or [[] for _ in plain]
                 for level, (a, b) in enumerate(zip(rt, plain)):
-                    change[level] += ((a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1).clamp_min(1e-12)).tolist()
+                    change[level] += _relative_change(a, b)
                 for name, levels in (("plain", plain), ("round_trip", rt)):
                     feats = net.backbone.pyramid(levels)
                     props, _ = net.rpn(il, feats)
@@ -381,6 +446,11 @@ def main(argv=None) -> int:
                     help="only the warp round trip: each detection run's reported model on source val and target "
                          "test plain and with its backbone under Instance-Warp at --fwhm (default 4) from the "
                          "ground-truth boxes (results/diagnose/round_trip/)")
+    ap.add_argument("--round-trip-parts", action="store_true",
+                    help="only where the round trip's feature change comes from (resampling the features vs the "
+                         "backbone not commuting with the warp), per level, on up to 64 source val images of each "
+                         "detection run's reported model (results/diagnose/round_trip_parts/, or round_trip_parts_fwhm<F>/ "
+                         "at another --fwhm)")
     a = ap.parse_args(argv)
     if a.images < 1:
         ap.error(f"--images must be >= 1, got {a.images}")
@@ -393,10 +463,14 @@ def main(argv=None) -> int:
         (a.results / "diagnose").mkdir(parents=True, exist_ok=True)
         (a.results / "diagnose" / "warps.json").write_text(json.dumps(rec, indent=2) + "\n")
     names = a.runs or sorted(p.name for p in (a.results / "runs").glob("*__*__s*") if (p / "final.json").is_file())
+    fwhm = 4.0 if a.fwhm is None else a.fwhm
     if a.scales is not None:
-        return _scale_sweeps(a.results, names, a.scales, a.threads)
+        return _each_detection_run(a.results, names, "scales", lambda r: scale_sweep(r, a.scales, a.threads))
     if a.round_trip:
-        return _round_trips(a.results, names, 4.0 if a.fwhm is None else a.fwhm, a.threads)
+        return _each_detection_run(a.results, names, "round_trip", lambda r: round_trip(r, fwhm, a.threads))
+    if a.round_trip_parts:
+        return _each_detection_run(a.results, names, "round_trip_parts" + ("" if fwhm == 4.0 else f"_fwhm{fwhm:g}"),
+                                   lambda r: round_trip_parts(r, fwhm, min(a.images, 64), a.threads))
     for name in names:
         dest = a.results / "diagnose" / f"{name}.json"
         if dest.exists():
@@ -427,35 +501,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def _round_trips(results: Path, names: list[str], fwhm: float, threads: int) -> int:
-    """``round_trip`` of every detection run in ``names`` that has a final checkpoint and no record yet."""
+def _each_detection_run(results: Path, names: list[str], subdir: str, measure) -> int:
+    """``measure(run_dir)`` of every detection run in ``names`` that has a final checkpoint and no record
+    in ``results/diagnose/<subdir>/`` yet; each record written atomically as it is measured."""
     for name in names:
         run_dir = results / "runs" / name
-        dest = results / "diagnose" / "round_trip" / f"{name}.json"
+        dest = results / "diagnose" / subdir / f"{name}.json"
         if dest.exists() or not name.startswith(("detection__", "twopcnet__")):
             continue
         if not (run_dir / "last.pt").is_file():
             print(f"{name}: no {run_dir / 'last.pt'}; skipped", file=sys.stderr)
             continue
-        rec = round_trip(run_dir, fwhm, threads)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec, indent=2) + "\n")
-        os.replace(tmp, dest)
-    return 0
-
-
-def _scale_sweeps(results: Path, names: list[str], scales: list[float], threads: int) -> int:
-    """``scale_sweep`` of every detection run in ``names`` that has a final checkpoint and no record yet."""
-    for name in names:
-        run_dir = results / "runs" / name
-        dest = results / "diagnose" / "scales" / f"{name}.json"
-        if dest.exists() or not name.startswith(("detection__", "twopcnet__")):
-            continue
-        if not (run_dir / "last.pt").is_file():
-            print(f"{name}: no {run_dir / 'last.pt'}; skipped", file=sys.stderr)
-            continue
-        rec = scale_sweep(run_dir, scales, threads)
+        rec = measure(run_dir)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=2) + "\n")

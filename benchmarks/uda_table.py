@@ -551,7 +551,8 @@ def _table(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
                 a, b = recs.get((row.table, row.name, s)), recs.get((*row.baseline_key, s))
                 if a and b and _num(a["final"].get(metrics[0][0])) is not None and _num(b["final"].get(metrics[0][0])) is not None:
                     diffs.append(a["final"][metrics[0][0]] - b["final"][metrics[0][0]])
-            cells.append(_delta_cell(diffs, metrics[0][2]))
+            base = next(r for r in ROWS if (r.table, r.name) == row.baseline_key)
+            cells.append(_delta_cell(diffs, metrics[0][2]) + ("" if base.name == "uda" or not diffs else f" vs {base.label}"))
         else:
             cells.append("baseline" if any(r.baseline_key == (row.table, row.name) for r in ROWS) else "-")
         cells.append(_ms([_num(r["final"].get("seconds_per_iter")) for r in got], 1, 2))
@@ -745,7 +746,6 @@ def _scale_sweep(out: Path, seeds: list[int]) -> list[str]:
     if not recs:
         return []
     scales = next(iter(recs.values()))["scales"]
-    labels = {f"detection__{r.name}": r.label for r in ROWS if r.table == "detection"}
     head = " | ".join(f"x{s:g}" for s in scales)
     lines = [f"| model | seeds | target mAP50: {head} | Δ vs unwarped (paired): {head} | source mAP50: {head} |",
              "|---|---|" + "---|" * (3 * len(scales))]
@@ -756,7 +756,7 @@ def _scale_sweep(out: Path, seeds: list[int]) -> list[str]:
             raise ValueError(f"{group}: scale-sweep records with scales {rows[0]['scales']}, others {scales}")
         twin = _scale_group(rows[0]["run"])[1]
         pairs = [(recs[(group, s)], recs[(twin, s)]) for s in got if twin != group and (twin, s) in recs]
-        label = labels.get(group, group.replace("twopcnet__burn_in__", "burn-in only (student), "))
+        label = _group_label(group)
         cells = [_ms([r["target"]["map50"][k] for r in rows], 100) for k in range(len(scales))]
         cells += [_ms([a["target"]["map50"][k] - b["target"]["map50"][k] for a, b in pairs], 100) if pairs else "-"
                   for k in range(len(scales))]
@@ -772,30 +772,67 @@ def _scale_sweep(out: Path, seeds: list[int]) -> list[str]:
             "", *lines, ""]
 
 
-def _round_trip(out: Path, seeds: list[int]) -> list[str]:
-    """benchmarks/uda_diagnose.py --round-trip: each detection model plain and under the training warp's
-    round trip, per group mean ± std over seeds, and how much the round trip changes its backbone levels."""
+def _records_by_group(folder: Path, seeds: list[int]) -> dict[str, list[dict]]:
+    """The diagnose records in ``folder`` of the given seeds, by run group (``_scale_group``), burn-ins first."""
     recs = {}
-    for p in sorted((out / "diagnose" / "round_trip").glob("*.json")):
+    for p in sorted(folder.glob("*.json")):
         d = json.loads(p.read_text())
         group, _, seed = _scale_group(d["run"])
         if seed in seeds:
             recs.setdefault(group, []).append(d)
+    return {g: recs[g] for g in sorted(recs, key=lambda g: (not g.startswith("twopcnet"), g))}
+
+
+def _group_label(group: str) -> str:
+    """A diagnose group's name in the report: the detection row's label, or the burn-in's kind."""
+    labels = {f"detection__{r.name}": r.label for r in ROWS if r.table == "detection"}
+    return labels.get(group, group.replace("twopcnet__burn_in__", "burn-in only (student), "))
+
+
+def _round_trip_parts(out: Path, seeds: list[int]) -> list[str]:
+    """benchmarks/uda_diagnose.py --round-trip-parts: the round trip's change of each backbone level split
+    into resampling the features and the backbone not commuting with the warp, per group mean over seeds."""
+    recs = {}
+    for folder in sorted((out / "diagnose").glob("round_trip_parts*")):
+        for group, got in _records_by_group(folder, seeds).items():
+            recs[(got[0]["fwhm"], group)] = got
     if not recs:
         return []
-    labels = {f"detection__{r.name}": r.label for r in ROWS if r.table == "detection"}
+    recs = {k: recs[k] for k in sorted(recs, key=lambda k: (not k[1].startswith("twopcnet"), k[1], k[0]))}
+    names = (("total", "total: U f(Wx) - f(x)"), ("feature_resampling", "features resampled: U W f(x) - f(x)"),
+             ("equivariance", "not commuting: U f(Wx) - U W f(x)"), ("image_resampling", "image resampled: f(U W x) - f(x)"))
+    first = next(iter(recs.values()))[0]
+    lines = ["| model | FWHM | n | " + " | ".join(h for _, h in names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for (fwhm, group), got in recs.items():
+        cells = [" / ".join(f"{100 * statistics.mean(g['parts'][k][lvl] for g in got):.0f}"
+                            for lvl in range(len(got[0]["strides"]))) for k, _ in names]
+        lines.append(f"| {_group_label(group)} ({got[0]['model']}) | {fwhm:g} | {len(got)} | " + " | ".join(cells) + " |")
+    return ["### Detection: where the round trip's feature change comes from", "",
+            "`python benchmarks/uda_diagnose.py --round-trip-parts --fwhm F --runs ...`: on the first "
+            f"{first['images']} source val images, with f the backbone, W the Instance-Warp (FWHM F, "
+            "from the ground-truth boxes) and U its unwarp, each column is a relative change ||.|| / ||f(x)|| in %, "
+            "per backbone level (stride " + " / ".join(map(str, first["strides"])) + "). The total splits "
+            "(triangle inequality) into resampling a feature map twice at its stride, which even a backbone that "
+            "commuted with the warp would show, and the backbone not commuting with it; the last column is the "
+            "backbone on the image warped and unwarped (its blur only).", "", *lines, ""]
+
+
+def _round_trip(out: Path, seeds: list[int]) -> list[str]:
+    """benchmarks/uda_diagnose.py --round-trip: each detection model plain and under the training warp's
+    round trip, per group mean ± std over seeds, and how much the round trip changes its backbone levels."""
+    recs = _records_by_group(out / "diagnose" / "round_trip", seeds)
+    if not recs:
+        return []
     lines = ["| model | n | source mAP50: plain | round trip | Δ | target mAP50: plain | round trip | Δ "
-             "| backbone levels' change (source val), stride 8 -> 32 |", "|---|---|---|---|---|---|---|---|---|"]
-    for group in sorted(recs, key=lambda g: (not g.startswith("twopcnet"), g)):
-        got = recs[group]
+             "| backbone levels' change (source val), finest -> coarsest |", "|---|---|---|---|---|---|---|---|---|"]
+    for group, got in recs.items():
         cells = []
         for split in ("source", "target"):
             cells += [_ms([g[split]["plain"] for g in got], 100), _ms([g[split]["round_trip"] for g in got], 100),
                       _ms([g[split]["round_trip"] - g[split]["plain"] for g in got], 100)]
         change = " / ".join(f"{100 * statistics.mean(g['source']['feature_change'][k] for g in got):.0f} %"
                             for k in range(len(got[0]["source"]["feature_change"])))
-        label = labels.get(group, group.replace("twopcnet__burn_in__", "burn-in only (student), "))
-        lines.append(f"| {label} ({got[0]['model']}) | {len(got)} | " + " | ".join(cells) + f" | {change} |")
+        lines.append(f"| {_group_label(group)} ({got[0]['model']}) | {len(got)} | " + " | ".join(cells) + f" | {change} |")
     fwhm = next(iter(recs.values()))[0]["fwhm"]
     return ["### Detection: the warp's round trip", "",
             f"`python benchmarks/uda_diagnose.py --round-trip --fwhm {fwhm:g} --runs ...`: the model each run reports "
@@ -885,7 +922,8 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
                               f"`{_relative(example['command'])}`"]
             lines.append("")
     diagnosis = (_warp_effects(out) + _diagnosis(out, seeds) + _diagnosis_segmentation(out, seeds)
-                 + _bn_recalibration(out, seeds) + _scale_sweep(out, seeds) + _round_trip(out, seeds))
+                 + _bn_recalibration(out, seeds) + _scale_sweep(out, seeds) + _round_trip(out, seeds)
+                 + _round_trip_parts(out, seeds))
     if diagnosis:
         lines += ["## Diagnosis", "", *diagnosis]
     if reading:

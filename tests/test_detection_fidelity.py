@@ -465,6 +465,29 @@ def test_warp_stats_fwhm_reaches_the_instance_guidance_only():
     assert four["static"] == default["static"] and four["geometric"] == default["geometric"]
 
 
+def test_diagnose_round_trip_parts_split_the_round_trips_change(tmp_path):
+    """--round-trip-parts: its total is --round-trip's feature change on the same images; the total is at
+    most feature resampling + not commuting (each nonzero, the warp does something); one stride a level."""
+    from test_twopcnet import TINY
+    name = "detection__uda__s0"
+    run_dir = tmp_path / "runs" / name
+    _recipe().main(TINY + [f"out_dir={run_dir}", "train.iters=2", "eval.target_split=test", "warp.guidance=none"])
+    spec = importlib.util.spec_from_file_location("uda_diagnose", ROOT / "benchmarks" / "uda_diagnose.py")
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    for flag in ("--round-trip", "--round-trip-parts"):
+        assert diag.main(["--results", str(tmp_path), "--runs", name, flag, "--fwhm", "8"]) == 0
+    rt = json.loads((tmp_path / "diagnose" / "round_trip" / f"{name}.json").read_text())
+    rec = json.loads((tmp_path / "diagnose" / "round_trip_parts_fwhm8" / f"{name}.json").read_text())
+    parts = rec["parts"]
+    assert rec["images"] == 2 and rec["fwhm"] == 8.0 and rec["model"] == "teacher"  # TINY: 2 source val images
+    assert len(rec["strides"]) == 2 and rec["strides"][0] < rec["strides"][1]
+    assert parts["total"] == pytest.approx(rt["source"]["feature_change"], rel=1e-5)  # the same images
+    for lvl in range(2):
+        assert parts["total"][lvl] <= parts["feature_resampling"][lvl] + parts["equivariance"][lvl] + 1e-6
+        assert all(parts[k][lvl] > 0 for k in parts)
+
+
 def test_diagnose_round_trip_plain_is_the_recipes_own_score(tmp_path):
     """--round-trip: the plain column re-evaluates to the run's own numbers; the round trip changes the
     backbone's features (the warp does something) and the flag is restored; a burn-in-only run's

@@ -340,6 +340,28 @@ def test_report_round_trip_rows_average_each_model_group(tmp_path):
     assert table._round_trip(tmp_path, [0]) == []
 
 
+def test_report_round_trip_parts_one_row_per_model_group_and_fwhm(tmp_path):
+    """--round-trip-parts records of two FWHMs (their own folders) give one row each per model group, the
+    level values averaged over seeds in %, the strides in the caption; other seeds are left out."""
+    table = _load()
+    for folder, fwhm, seeds, total in (("round_trip_parts", 4.0, (1, 2), ((0.2, 0.1), (0.4, 0.3))),
+                                       ("round_trip_parts_fwhm13", 13.0, (1,), ((0.5, 0.4),))):
+        d = tmp_path / "diagnose" / folder
+        d.mkdir(parents=True)
+        for seed, t in zip(seeds, total):
+            parts = {"total": list(t), "feature_resampling": [0.1, 0.05], "equivariance": [0.15, 0.1],
+                     "image_resampling": [0.08, 0.02]}
+            rec = {"run": f"twopcnet__burn_in__plain__s{seed}", "model": "student", "fwhm": fwhm, "images": 64,
+                   "strides": [4, 8], "parts": parts}
+            (d / f"twopcnet__burn_in__plain__s{seed}.json").write_text(json.dumps(rec))
+    lines = table._round_trip_parts(tmp_path, [1, 2])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| burn-in")]
+    assert [r[1:4] for r in rows] == [["4", "2", "30 / 20"], ["13", "1", "50 / 40"]]
+    assert rows[0][4:] == ["10 / 5", "15 / 10", "8 / 2"]
+    assert any("stride 4 / 8" in line for line in lines)
+    assert table._round_trip_parts(tmp_path, [0]) == []
+
+
 def test_decision_rule_needs_every_seed_and_the_margin(tmp_path):
     """uda_vs_source.decision: PASS only with all seeds present, each delta and the mean >= 2 points, for the
     student and (detection) the teacher; one seed short of the margin fails the pair."""
