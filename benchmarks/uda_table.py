@@ -105,6 +105,10 @@ def _rows() -> list[Row]:
                      (*warp, f"warp.schedule={k}"), inst, fwhm=True) for k in ("linear_decay", "cosine_decay")]
         rows.append(Row(table, "amplitude_range", "Instance-Warp, amplitude ~ U(0, 1) per image", recipe, config,
                         (*warp, "warp.amplitude_range=[0.0,1.0]"), inst, fwhm=True))
+        # the interpolation control: Instance-Warp's feature resampling U(W(f(x))) without its geometry
+        # (uda_diagnose --round-trip-parts: most of the round trip's change at FWHM 4 is interpolation)
+        rows.append(Row(table, "resample_only", "UDA + Instance-Warp's feature resampling only (interpolation "
+                        "control, no geometry)", recipe, config, (*warp, "warp.resample_only=true"), fwhm=True))
         # the FWHM of every Instance-Warp row, chosen on target VAL: the best mean over seeds 0-2 of these rows
         for f in FWHMS:
             rows.append(Row("fwhm_select", f"{table}_fwhm{f}", f"{table}: Instance-Warp, FWHM {f} (target val)",

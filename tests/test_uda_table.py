@@ -39,6 +39,11 @@ def test_rows_cover_the_table():
     assert "uda.nightaug=false" in by[("detection", "source_only")].overrides
     assert by[("detection", "schedule_cosine_decay")].baseline == "instance_burn_in"
     assert by[("segmentation", "amplitude_range")].baseline == "instance"
+    # the interpolation control: the warp's own stage and FWHM, the features resampled, paired with UDA
+    ro = by[("detection", "resample_only")]
+    assert ro.baseline == "uda" and ro.burn_in is None and ro.fwhm
+    assert {"warp.guidance=instance", "warp.stage=burn_in", "warp.resample_only=true"} <= set(ro.overrides)
+    assert "warp.resample_only=true" in by[("segmentation", "resample_only")].overrides
     # only rows whose first train.burn_in iterations are one computation share a burn-in
     assert by[("detection", "uda")].burn_in == by[("detection", "nightaug_only")].burn_in == "plain"
     assert by[("detection", "instance_burn_in")].burn_in == by[("detection", "instance_always")].burn_in == "instance"

@@ -323,7 +323,7 @@ class FeatureUnwarp(nn.Module):
     def extra_repr(self) -> str:
         return f"layout={self.layout!r}, method={self.method!r}"
 
-    def _one(self, x: Tensor, warp: Warp, name: str = "features") -> Tensor:
+    def _one(self, x: Tensor, warp: Warp, name: str = "features", inverse: bool = True) -> Tensor:
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating point tensor, got {x.dtype}")
         if x.dim() != 4:
@@ -339,23 +339,25 @@ class FeatureUnwarp(nn.Module):
             )
         if self.layout == "NHWC":
             y = x.permute(0, 3, 1, 2)
-            fy, fx = warp.axes(y.shape[-2:], inverse=True)
+            fy, fx = warp.axes(y.shape[-2:], inverse=inverse)
             return resample(y, fy, fx, "bilinear", self.method).permute(0, 2, 3, 1)
-        fy, fx = warp.axes(x.shape[-2:], inverse=True)
+        fy, fx = warp.axes(x.shape[-2:], inverse=inverse)
         return resample(x, fy, fx, "bilinear", self.method)
 
-    def forward(self, features, warp: Warp):
+    def forward(self, features, warp: Warp, inverse: bool = True):
+        """Unwarp ``features`` (``inverse=False``: warp them instead, from the original geometry into the
+        warped one, as the image was; used by :class:`~warpadapt.wrap.WarpedBackbone`'s ``resample_only``)."""
         if not isinstance(warp, Warp):
             raise TypeError(f"warp must be a warpadapt.Warp, got {type(warp).__name__}")
-        return self._walk(features, warp, "features")
+        return self._walk(features, warp, "features", bool(inverse))
 
-    def _walk(self, features, warp: Warp, name: str):
+    def _walk(self, features, warp: Warp, name: str, inverse: bool = True):
         if isinstance(features, Tensor):
-            return self._one(features, warp, name)
+            return self._one(features, warp, name, inverse)
         if isinstance(features, Mapping):
-            return type(features)((k, self._walk(v, warp, f"{name}[{k!r}]")) for k, v in features.items())
+            return type(features)((k, self._walk(v, warp, f"{name}[{k!r}]", inverse)) for k, v in features.items())
         if isinstance(features, (list, tuple)):
-            out = [self._walk(v, warp, f"{name}[{i}]") for i, v in enumerate(features)]
+            out = [self._walk(v, warp, f"{name}[{i}]", inverse) for i, v in enumerate(features)]
             if isinstance(features, list):
                 return out
             return type(features)(*out) if hasattr(features, "_fields") else type(features)(out)

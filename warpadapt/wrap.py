@@ -41,6 +41,11 @@ class WarpedBackbone(nn.Module):
     training mode, guidance other than "none", and ``warp=True`` or, with ``warp`` left None, ``boxes``
     given. Otherwise ``forward`` is exactly ``neck(model(images))`` (the bare model without a neck). A
     warp asked for in eval mode is an error: evaluation never warps.
+
+    ``resample_only`` (a plain attribute, default False) is an ablation control: where it would warp, the
+    model runs on the image as it is and every feature map is warped by the same warp and unwarped
+    (``U(W(f(x)))``). The heads get the warp's interpolation of the features without its geometry: what
+    resampling twice costs on its own, against the full warp ``U(f(W(x)))``.
     """
 
     def __init__(self, model: nn.Module, warper: SaliencyWarp, mode: str = "auto", neck: nn.Module | None = None) -> None:
@@ -62,6 +67,7 @@ class WarpedBackbone(nn.Module):
         self.warper = warper
         self.mode = mode
         self.neck = neck
+        self.resample_only = False
         # a neck returns NCHW maps; without one the features keep the model's layout
         layout = _layout_of(model) if (mode == "features" and neck is None) else "NCHW"
         self.unwarp = FeatureUnwarp(layout, warper.method)
@@ -111,7 +117,7 @@ class WarpedBackbone(nn.Module):
         """
         w = None
         if self.warps(boxes, warp):
-            images, w = self.warper(images, boxes)
+            images, w = self._warp_input(images, boxes)
         feats = self._run(images, **kwargs)
         if self.neck is not None:
             feats = self.neck(feats)
@@ -119,8 +125,22 @@ class WarpedBackbone(nn.Module):
             unwarp = self.unwarp
             if self.mode == "intermediates" and str(kwargs.get("output_fmt", "NCHW")).upper() == "NHWC":
                 unwarp = FeatureUnwarp("NHWC", self.unwarp.method)
-            feats = unwarp(feats, w)
+            feats = self._unwarp_output(unwarp, feats, w)
         return (feats, w) if return_warp else feats
+
+    def _warp_input(self, images: Tensor, boxes):
+        """(what the model runs on, the warp): the warped images, or with ``resample_only`` the images as
+        they are."""
+        if self.resample_only:
+            if not isinstance(images, Tensor) or images.dim() != 4:
+                raise ValueError(f"images must be a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+            return images, self.warper.make_warp(images.shape[-2:], boxes, images.shape[0], images.device)
+        return self.warper(images, boxes)
+
+    def _unwarp_output(self, unwarp: FeatureUnwarp, feats, w):
+        if self.resample_only:  # into the warped geometry first: the features resampled there and back
+            feats = unwarp(feats, w, inverse=False)
+        return unwarp(feats, w)
 
     def _run(self, images: Tensor, **kwargs):
         if self.mode == "features":
@@ -135,15 +155,15 @@ class WarpedBackbone(nn.Module):
             raise TypeError(f"{type(self.model).__name__} has no forward_intermediates()")
         if not self.warps(boxes, warp):
             return self.model.forward_intermediates(images, **kwargs)
-        warped, w = self.warper(images, boxes)
+        warped, w = self._warp_input(images, boxes)
         out = self.model.forward_intermediates(warped, **kwargs)
         unwarp = FeatureUnwarp("NHWC" if str(kwargs.get("output_fmt", "NCHW")).upper() == "NHWC" else "NCHW", self.unwarp.method)
         if kwargs.get("intermediates_only", False):
-            return unwarp(out, w)
+            return self._unwarp_output(unwarp, out, w)
         final, inter = out
         if isinstance(final, Tensor) and final.dim() == 4:
-            final = unwarp(final, w)
-        return final, unwarp(inter, w)
+            final = self._unwarp_output(unwarp, final, w)
+        return final, self._unwarp_output(unwarp, inter, w)
 
 
 def _rename(mapping: dict, renames: dict) -> None:

@@ -94,7 +94,7 @@ def detector_from_config(cfg: DictConfig, num_classes: int, warp=None) -> Detect
     """The twopcnet student of ``cfg.model`` (``num_classes`` with background). ``warp``: as
     :func:`warpadapt.wrap` takes it; None builds no warp (``"none"``: a model to evaluate or reload)."""
     m = cfg.model
-    return Detector(
+    net = Detector(
         m.backbone, num_classes, out_indices=m.out_indices, pretrained_file=m.pretrained_file,
         pretrained_strict=m.pretrained_strict, pretrained_format=_pretrained_format(cfg),
         warp="none" if warp is None else warp,
@@ -105,6 +105,14 @@ def detector_from_config(cfg: DictConfig, num_classes: int, warp=None) -> Detect
         rpn_pre_nms_top_n_train=m.rpn_pre_nms_train, rpn_post_nms_top_n_train=m.rpn_post_nms_train,
         rpn_pre_nms_top_n_test=m.rpn_pre_nms_test, rpn_post_nms_top_n_test=m.rpn_post_nms_test,
         box_score_thresh=m.score_thresh, box_detections_per_img=m.detections_per_img)
+    net.backbone.body.resample_only = _resample_only(cfg)
+    return net
+
+
+def _resample_only(cfg: DictConfig) -> bool:
+    """``warp.resample_only`` (absent: False): the ablation control of
+    :class:`~warpadapt.wrap.WarpedBackbone` (the features resampled by the warp and back, no geometry)."""
+    return bool(OmegaConf.select(cfg, "warp.resample_only", default=False))
 
 
 def _size(cfg: DictConfig, key: str, order: str, minimum: int):
@@ -265,10 +273,12 @@ def segmenter_from_config(cfg: DictConfig, warp=None) -> Segmenter:
     are built for the training view: ``data.crop_size`` if set, else ``data.image_size``."""
     m = cfg.model
     train_size = segmentation_pipeline(cfg)["crop_size"] or tuple(cfg.data.image_size)
-    return Segmenter(m.backbone, len(CITYSCAPES_CLASSES), m.out_indices, m.pretrained_file, m.embed_dim, m.dropout,
-                     "none" if warp is None else warp, pretrained_strict=m.pretrained_strict,
-                     pretrained_format=_pretrained_format(cfg),
-                     image_size=tuple(train_size), timm_kwargs=OmegaConf.to_container(m.kwargs))
+    net = Segmenter(m.backbone, len(CITYSCAPES_CLASSES), m.out_indices, m.pretrained_file, m.embed_dim, m.dropout,
+                    "none" if warp is None else warp, pretrained_strict=m.pretrained_strict,
+                    pretrained_format=_pretrained_format(cfg),
+                    image_size=tuple(train_size), timm_kwargs=OmegaConf.to_container(m.kwargs))
+    net.backbone.resample_only = _resample_only(cfg)
+    return net
 
 
 def evaluate_segmenter(model, val_sets, cfg: DictConfig, info: DistInfo | None = None) -> dict:

@@ -123,6 +123,9 @@ def check_common(cfg: DictConfig) -> None:
     check_choice(cfg, "warp.guidance", GUIDANCES)
     if OmegaConf.select(cfg, "warp.schedule") is not None:
         check_choice(cfg, "warp.schedule", WARP_SCHEDULES)
+    ro = OmegaConf.select(cfg, "warp.resample_only")
+    if ro is not None and not isinstance(ro, bool):
+        raise ValueError(f"config: warp.resample_only: expected true or false, got {ro!r}")
     vr = OmegaConf.select(cfg, "uda.vertical_rescale")
     if vr is not None and not (len(vr) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vr)
                                and 0 < vr[0] <= vr[1]):
