@@ -220,7 +220,7 @@ def _burn_in_folder(row: Row, group: str, seed: int, out: Path, overrides: tuple
             cmd = probe + ["resume=true", f"train.iters={iters}"]
             _say(f"[uda_table] burn-in {folder.name}: {shlex.join(cmd[1:])}")
             with open(folder / "log.txt", "a") as log:
-                if subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                if subprocess.run(cmd, cwd=ROOT, env=_recipe_env(), stdout=log, stderr=subprocess.STDOUT).returncode != 0:
                     _say(f"[uda_table] FAILED burn-in {folder.name}; see {folder / 'log.txt'}")
                     return None
     return folder
@@ -246,10 +246,16 @@ def twin(row: Row, overrides: tuple, seed: int) -> Row | None:
                  and set(r.overrides) == set(overrides) and seed < r.seeds), None)
 
 
+def _recipe_env() -> dict:
+    """Every recipe the runner starts imports the warpadapt of this checkout, whose commit its record names:
+    a script's sys.path starts at its own folder, so an editable install of another checkout would win."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def _recipe_final(row: Row, seed: int, run_dir: Path, cmd: list[str]) -> dict | None:
     """Run one recipe command (output appended to ``run_dir/log.txt``); its final.json, None if it failed."""
     with open(run_dir / "log.txt", "a") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=ROOT, env=_recipe_env(), stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         _say(f"[uda_table] FAILED {run_id(row, seed)} (exit {proc.returncode}); see {run_dir / 'log.txt'}")
         return None
@@ -430,7 +436,8 @@ def _write_record(row: Row, seed: int, out: Path, cmd: list[str], final: dict, w
         info = out / "runs" / run_id(row, seed) / "run_info.json"
         if info.exists():
             got = json.loads(info.read_text())
-            environment = {"versions": got.get("versions"), "cpu": got.get("cpu")}
+            # git: the commit (and dirty flag) of the warpadapt the run imported, from the run itself
+            environment = {"versions": got.get("versions"), "cpu": got.get("cpu"), "git": got.get("git")}
     record = {"run": run_id(row, seed), "table": row.table, "row": row.name, "label": row.label,
               "seed": seed, "recipe": row.recipe, "config": row.config,
               "command": _relative(shlex.join(["python", *cmd[1:]])),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -62,7 +63,9 @@ def _recipe(recipe: str, run_dir: Path, args: list[str], log: Path) -> dict:
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd[1:]) + "\n")
         f.flush()
-        subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=True)
+        # this checkout's warpadapt, not an editable install of another (the record names this commit)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
     return json.loads((run_dir / "final.json").read_text()) | {"command": " ".join(["python", *cmd[1:]])}
 
 

@@ -1,8 +1,10 @@
 """benchmarks/uda_table.py --quick: tiny runs through both recipes, raw JSON, skip-if-done, report."""
 import importlib.util
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,18 @@ def _load():
     sys.modules[spec.name] = mod  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_recipes_import_the_checkouts_warpadapt(tmp_path):
+    """_recipe_env: a script run outside the checkout (as a recipe is: its sys.path starts at its own folder)
+    imports the warpadapt of the checkout the runner belongs to, ahead of any other install."""
+    table = _load()
+    script = tmp_path / "which.py"
+    script.write_text("import warpadapt; print(warpadapt.__file__)")
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=table._recipe_env(),
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(out).resolve() == (ROOT / "warpadapt" / "__init__.py").resolve()
+    assert table._recipe_env()["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
 
 
 def test_rows_cover_the_table():
@@ -182,6 +196,8 @@ def test_a_row_with_a_twin_is_the_twins_model_evaluated_on_test(tmp_path):
     # where each number was made: package versions and the CPU kernels (they change the weights trained)
     assert again["environment"] == trained["environment"] and trained["environment"]["cpu"]["capability"]
     assert trained["environment"]["versions"]["torch"] and rec["environment"] == trained["environment"]
+    # the run imported this checkout's warpadapt: its own run_info names the commit the record names
+    assert trained["environment"]["git"]["commit"].startswith(trained["commit"])
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing evaluated
     # trained from scratch with eval.target_split=test, the row is the same model with the same test score
     assert table.main(["--quick", "--out", str(tmp_path / "b"), "--seeds", "0", "--tables", "segmentation",
