@@ -313,28 +313,26 @@ def round_trip_parts(run_dir: Path, fwhm: float = 4.0, images: int = 64, threads
     cfg, net, out, (src_val, _, _) = _reported_detector(run_dir, threads, instance_fwhm=fwhm)
     body = net.backbone.body
     out.update(fwhm=float(fwhm), images=min(int(images), len(src_val)))
-    parts = {k: None for k in ("total", "feature_resampling", "equivariance", "image_resampling")}
+    parts = {k: {} for k in ("total", "feature_resampling", "equivariance", "image_resampling")}  # name -> level -> values
+    im, fm = body.warper.method, body.unwarp.method  # the resampling the recipe's warp and unwarp use
     with torch.no_grad():
         for _, il, _, boxes in _detector_batches(net, src_val, out["images"], cfg.eval.batch_size):
             x = il.tensors
             plain = body(x)
             with _warping_in_eval(body):
                 rt, w = body(x, boxes, return_warp=True)
-            im, fm = body.warper.method, body.unwarp.method  # the resampling the recipe's warp uses
             blurred = body(w.unapply(w.apply(x, method=im), method=im))
             for k, f in enumerate(plain):
                 resampled = w.unapply(w.apply(f, method=fm), method=fm)
                 for name, (a, b) in (("total", (rt[k], f)), ("feature_resampling", (resampled, f)),
                                      ("equivariance", (rt[k], resampled)), ("image_resampling", (blurred[k], f))):
-                    parts[name] = parts[name] or [[] for _ in plain]
-                    parts[name][k] += _relative_change(a, b, ref=f)
+                    parts[name].setdefault(k, []).extend(_relative_change(a, b, ref=f))
     out["strides"] = [int(round(x.shape[-1] / f.shape[-1])) for f in plain]
-    out["parts"] = {name: [sum(c) / len(c) for c in levels] for name, levels in parts.items()}
+    out["parts"] = {name: [sum(v) / len(v) for _, v in sorted(levels.items())] for name, levels in parts.items()}
     print(f"{run_dir.name} {out['model']}: backbone levels (stride " + " / ".join(map(str, out["strides"])) + "), "
           + "; ".join(f"{name} " + " / ".join(f"{100 * c:.0f}%" for c in v) for name, v in out["parts"].items()),
           flush=True)
     return out
-
 
 
 def round_trip(run_dir: Path, fwhm: float = 4.0, threads: int = 1) -> dict:
