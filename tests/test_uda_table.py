@@ -73,6 +73,21 @@ def test_rows_cover_the_table():
         table.resolve(by[("segmentation", "instance")], None)
 
 
+def test_the_row_scale_control_matches_the_warp_it_controls_for():
+    """uda.vertical_rescale's range covers what the chosen FWHM's warp does to row heights and boxes (the
+    committed --warps measurement), and is of that size: not FWHM 13's x1.7 at a FWHM that zooms x1.1."""
+    table = _load()
+    lo, hi = json.loads(table.VERTICAL_RESCALE)
+    warps = json.loads((ROOT / "results" / "diagnose" / "warps.json").read_text())
+    assert warps["instance_fwhm"] == table.fwhm_choice(ROOT / "results", "twopcnet")
+    assert warps["instance_fwhm"] == table.fwhm_choice(ROOT / "results", "mic")
+    inst = warps["instance"]
+    assert lo <= min(inst["row_band_zoom"]) and hi >= max(*inst["row_band_zoom"], inst["zoom_median"])
+    assert hi - lo <= 2 * (max(*inst["row_band_zoom"], inst["zoom_median"]) - min(inst["row_band_zoom"]))
+    row = next(r for r in table.ROWS if r.name == "vertical_rescale")
+    assert f"uda.vertical_rescale={table.VERTICAL_RESCALE}" in row.overrides and "warp.guidance=none" in row.overrides
+
+
 def test_fwhm_choice_is_the_best_val_mean_once_all_runs_are_done(tmp_path):
     table = _load()
     (tmp_path / "raw").mkdir()
@@ -287,6 +302,33 @@ def test_report_pairs_by_seed_with_a_t_interval_and_per_class(tmp_path):
     assert "not chosen yet" in text
     lo, hi = table.paired_interval([4.0, 5.0, 6.0, 5.0, 5.0])[1:]
     assert lo > 0 and hi == pytest.approx(5 + 2.776 * statistics.stdev([4.0, 5.0, 6.0, 5.0, 5.0]) / 5 ** 0.5)
+
+
+def test_report_names_the_environments_and_the_pairs_that_cross_them(tmp_path):
+    """Records made on two CPUs / package versions: the report counts the runs of each environment (naming only
+    what differs) and lists every paired difference whose two runs ran in different ones; one environment: silent."""
+    table = _load()
+    (tmp_path / "raw").mkdir()
+
+    def env(cpu, kornia):
+        return {"cpu": {"model": cpu, "capability": "AVX512", "threads": 1},
+                "versions": {"torch": "2.14.1", "kornia": kornia}}
+
+    runs = {("segmentation", "uda", 0): env("Intel", "0.9.0"), ("segmentation", "instance", 0): env("Intel", "0.9.0"),
+            ("segmentation", "uda", 1): env("AMD", "0.9.2"), ("segmentation", "instance", 1): env("Intel", "0.9.0"),
+            ("segmentation", "instance", 2): None}
+    for (t, r, s), e in runs.items():
+        rec = {"table": t, "row": r, "seed": s, "wall_seconds": 1.0, "machine": "m", "command": "python x",
+               "recipe": "mic", "final": {"target_miou": 0.3}, **({"environment": e} if e else {})}
+        (tmp_path / "raw" / f"{t}__{r}__s{s}.json").write_text(json.dumps(rec))
+    text = table.report(tmp_path, [0, 1, 2], tmp_path / "R.md").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("Environments"))
+    assert "Intel (AVX512), kornia 0.9.0: 3 runs; AMD (AVX512), kornia 0.9.2: 1 runs" in line
+    assert "torch" not in line and "not recorded (runs made before records kept it): 1 runs" in line
+    assert line.endswith("segmentation/instance s1.")  # seed 0 shares one environment; seed 2 has no baseline
+    (tmp_path / "raw" / "segmentation__uda__s1.json").unlink()
+    (tmp_path / "raw" / "segmentation__instance__s1.json").unlink()
+    assert "Environments" not in table.report(tmp_path, [0, 1, 2], tmp_path / "R.md").read_text()
 
 
 def test_report_bn_recalibration_pairs_each_treatment(tmp_path):
