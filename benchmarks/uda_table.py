@@ -58,6 +58,7 @@ class Row:
     burn_in: str | None = None     # detection: rows with the same group share their burn-in (trained once per seed)
     split: str = "test"            # target split evaluated (val: the FWHM selection only)
     fwhm: bool = False             # an Instance-Warp row: warp.fwhm is the value fwhm_select chose on val
+    also: tuple = ()               # further rows of its table it is paired against in the report (same seed)
 
     @property
     def baseline_key(self) -> tuple[str, str] | None:
@@ -71,7 +72,7 @@ DET, SEG = ("twopcnet", "synthetic_day2night"), ("mic", "synthetic_clear2fog")
 
 #: The row-scale control's range (uda.vertical_rescale), sized to the warp it controls for: at the FWHM chosen
 #: on val (4, both pairs) the Instance-Warp changes the row bands by x1.06 / 1.03 / 0.99 / 0.94 (horizon down) and the
-#: median box by x1.10 (``uda_diagnose.py --warps --fwhm 4``, results/diagnose/warps.json); [0.9, 1.1] covers
+#: median box area by x1.10 (``uda_diagnose.py --warps --fwhm 4``, results/diagnose/warps.json); [0.9, 1.1] covers
 #: both. (It was [0.7, 1.7] for FWHM 13's x1.7 before any of its runs; a control far stronger than the
 #: treatment would answer another question.)
 VERTICAL_RESCALE = "[0.9,1.1]"
@@ -87,8 +88,9 @@ def _rows() -> list[Row]:
             Row(table, "source_only", "source only", recipe, config, (*base_src, "warp.guidance=none"), None),
             *([Row(table, "nightaug_only", "NightAug only (2PCNet without its teacher)", recipe, config,
                    ("uda.enabled=false", "warp.guidance=none"), None, burn_in="plain")] if det else []),
+            # also against source-only on test (the decision rule itself is on val)
             Row(table, "uda", "UDA (no warp)", recipe, config, ("warp.guidance=none",), None, seeds=5,
-                burn_in="plain" if det else None),
+                burn_in="plain" if det else None, also=("source_only",)),
             Row(table, "static", "UDA + static prior", recipe, config, ("warp.guidance=static",)),
             Row(table, "geometric", "UDA + geometric prior", recipe, config, ("warp.guidance=geometric",)),
             Row(table, "vertical_rescale", "UDA + random vertical rescale (row-scale control, no warp)", recipe, config,
@@ -110,8 +112,10 @@ def _rows() -> list[Row]:
                         (*warp, "warp.amplitude_range=[0.0,1.0]"), inst, fwhm=True))
         # the interpolation control: Instance-Warp's feature resampling U(W(f(x))) without its geometry
         # (uda_diagnose --round-trip-parts: most of the round trip's change at FWHM 4 is interpolation)
+        # paired with UDA (what the interpolation costs) and with the full warp (what the geometry adds to it)
         rows.append(Row(table, "resample_only", "UDA + Instance-Warp's feature resampling only (interpolation "
-                        "control, no geometry)", recipe, config, (*warp, "warp.resample_only=true"), fwhm=True))
+                        "control, no geometry)", recipe, config, (*warp, "warp.resample_only=true"), fwhm=True,
+                        also=(inst,)))
         # the FWHM of every Instance-Warp row, chosen on target VAL: the best mean over seeds 0-2 of these rows
         for f in FWHMS:
             rows.append(Row("fwhm_select", f"{table}_fwhm{f}", f"{table}: Instance-Warp, FWHM {f} (target val)",
@@ -581,6 +585,22 @@ def _table(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
     return lines
 
 
+def _also(rows: list[Row], recs: dict, seeds: list[int]) -> list[str]:
+    """The further pairings of ``Row.also``: row minus the other row, seed by seed, with the 95 % t interval."""
+    metric, _, scale = METRICS[rows[0].recipe][0]
+    labels = {r.name: r.label for r in rows}
+    lines = []
+    for row in rows:
+        for other in row.also:
+            diffs = [recs[(row.table, row.name, s)]["final"][metric] - recs[(row.table, other, s)]["final"][metric]
+                     for s in seeds if (row.table, row.name, s) in recs and (row.table, other, s) in recs
+                     and _num(recs[(row.table, row.name, s)]["final"].get(metric)) is not None
+                     and _num(recs[(row.table, other, s)]["final"].get(metric)) is not None]
+            if diffs:
+                lines.append(f"| {row.label} | {labels[other]} | {len(diffs)} | {_delta_cell(diffs, scale)} |")
+    return ["| row | minus | n | Δ (paired) |", "|---|---|---|---|", *lines] if lines else []
+
+
 PER_CLASS = {"twopcnet": ("target_ap50_per_class", "AP50"), "mic": ("target_iou", "IoU")}
 
 
@@ -966,6 +986,9 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
                 continue
             lines += [f"## {title}" + (f" ({recipe}.py)" if table == "fwhm_select" else ""), ""]
             lines += _table(rows, recs, seeds)
+            also = _also(rows, recs, seeds)
+            if also:
+                lines += ["", "Further paired comparisons, target test (same seeds):", "", *also]
             if table in ("detection", "segmentation"):
                 per_class = _per_class(rows, recs, seeds)
                 if per_class:

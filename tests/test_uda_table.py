@@ -64,6 +64,7 @@ def test_rows_cover_the_table():
     assert by[("detection", "schedule_linear_decay")].burn_in is None and by[("detection", "source_only")].burn_in is None
     for r in table.ROWS:  # every row is paired against a row that exists; val only for the FWHM selection
         assert r.baseline is None or r.baseline_key in names
+        assert all((r.table, other) in names for other in r.also)
         cmd = table.command(r, 0, Path("/tmp/x"), quick=False)
         assert f"eval.target_split={'val' if r.table == 'fwhm_select' else 'test'}" in cmd and "threads=1" in cmd
         assert r.fwhm == ("warp.guidance=instance" in r.overrides and r.table != "fwhm_select")
@@ -302,6 +303,28 @@ def test_report_pairs_by_seed_with_a_t_interval_and_per_class(tmp_path):
     assert "not chosen yet" in text
     lo, hi = table.paired_interval([4.0, 5.0, 6.0, 5.0, 5.0])[1:]
     assert lo > 0 and hi == pytest.approx(5 + 2.776 * statistics.stdev([4.0, 5.0, 6.0, 5.0, 5.0]) / 5 ** 0.5)
+
+
+def test_report_pairs_the_further_comparisons_seed_by_seed(tmp_path):
+    """Row.also: the interpolation control is paired with the full warp, UDA with source-only, each on the seeds
+    both rows have (row minus other), with its interval; absent pairs leave no table."""
+    table = _load()
+    by = {(r.table, r.name): r for r in table.ROWS}
+    assert by[("detection", "resample_only")].also == ("instance_burn_in",)
+    assert by[("segmentation", "resample_only")].also == ("instance",) and by[("detection", "uda")].also == ("source_only",)
+    (tmp_path / "raw").mkdir()
+    vals = {"resample_only": {0: 0.40, 1: 0.42, 2: 0.41}, "instance_burn_in": {0: 0.38, 1: 0.43, 3: 0.5},
+            "uda": {0: 0.45}}
+    for r, per_seed in vals.items():
+        for s, v in per_seed.items():
+            rec = {"table": "detection", "row": r, "seed": s, "wall_seconds": 1.0, "machine": "m",
+                   "command": "python x", "recipe": "twopcnet", "final": {"target_map50": v}}
+            (tmp_path / "raw" / f"detection__{r}__s{s}.json").write_text(json.dumps(rec))
+    text = table.report(tmp_path, [0, 1, 2, 3], tmp_path / "R.md").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| UDA + Instance-Warp's feature resampling only")
+                and "| UDA + Instance-Warp (burn-in only) |" in x)
+    assert "| UDA + Instance-Warp (burn-in only) | 2 | 0.5 ± 2.1" in line and "(per seed: +2.0, -1.0)" in line
+    assert text.count("Further paired comparisons") == 1  # no source-only run: UDA's pairing has no table
 
 
 def test_report_names_the_environments_and_the_pairs_that_cross_them(tmp_path):
