@@ -79,7 +79,8 @@ def _site(frame) -> str:
     if frame is None:
         return "?"
     name = frame.f_code.co_filename
-    name = str(Path(name).relative_to(ROOT)) if name.startswith(str(ROOT)) else "/".join(Path(name).parts[-2:])
+    # a path test, not a string prefix: a venv beside the checkout (``/tmp/ci`` and ``/tmp/ci-venv``) is outside it
+    name = str(Path(name).relative_to(ROOT)) if Path(name).is_relative_to(ROOT) else "/".join(Path(name).parts[-2:])
     return f"{name}:{frame.f_lineno} ({frame.f_code.co_name})"
 
 

@@ -29,3 +29,16 @@ def test_sync_counter_counts_host_reads():
         x.tolist()
         x * 2  # no host read
     assert c["n"] == 3
+
+
+def test_sync_sites_outside_the_checkout_keep_their_last_two_parts():
+    """A file beside the checkout whose path starts with the checkout's (a venv at ``<checkout>-venv``, as CI's
+    ``/tmp/ci`` and ``/tmp/ci-venv``) is named by its last two parts, not made relative to the checkout."""
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    scope = {}
+    for path in (str(ROOT) + "-venv/site-packages/kornia/check.py", str(ROOT / "warpadapt" / "x.py")):
+        exec(compile("import sys\ndef here():\n    return sys._getframe(0)\n", path, "exec"), scope)
+        frame = scope["here"]()
+        assert bench._site(frame) == ("kornia/check.py:3 (here)" if "-venv" in path else "warpadapt/x.py:3 (here)")
