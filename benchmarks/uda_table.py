@@ -939,11 +939,14 @@ def _environments(recs: dict) -> list[str]:
     shared = [i for i in range(1, min(map(len, counts))) if len({key[i] for key in counts}) == 1]
     names = {key: ", ".join(x for i, x in enumerate(key) if i not in shared) for key in counts}
     mixed = []
-    for row in (r for r in ROWS if r.baseline):
-        for (t, name, seed), key in sorted(keys.items(), key=lambda kv: kv[0][2]):
-            other = keys.get((*row.baseline_key, seed))
-            if (t, name) == (row.table, row.name) and key is not None and other is not None and other != key:
-                mixed.append(f"{row.table}/{row.name} s{seed}")
+    for row in ROWS:  # its baseline pairing, then those of Row.also
+        against = ([row.baseline_key] if row.baseline else []) + [(row.table, o) for o in row.also]
+        for base in against:
+            for (t, name, seed), key in sorted(keys.items(), key=lambda kv: kv[0][2]):
+                other = keys.get((*base, seed))
+                if (t, name) == (row.table, row.name) and key is not None and other is not None and other != key:
+                    mixed.append(f"{row.table}/{row.name} s{seed}"
+                                 + ("" if base == row.baseline_key and row.baseline else f" (vs {base[1]})"))
     unknown = sum(key is None for key in keys.values())
     return ["Environments (CPU, kernel capability, package versions where they differ): "
             + "; ".join(f"{names[k]}: {n} runs" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -339,16 +339,18 @@ def test_report_names_the_environments_and_the_pairs_that_cross_them(tmp_path):
 
     runs = {("segmentation", "uda", 0): env("Intel", "0.9.0"), ("segmentation", "instance", 0): env("Intel", "0.9.0"),
             ("segmentation", "uda", 1): env("AMD", "0.9.2"), ("segmentation", "instance", 1): env("Intel", "0.9.0"),
-            ("segmentation", "instance", 2): None}
+            ("segmentation", "instance", 2): None, ("segmentation", "source_only", 1): env("Intel", "0.9.0")}
     for (t, r, s), e in runs.items():
         rec = {"table": t, "row": r, "seed": s, "wall_seconds": 1.0, "machine": "m", "command": "python x",
                "recipe": "mic", "final": {"target_miou": 0.3}, **({"environment": e} if e else {})}
         (tmp_path / "raw" / f"{t}__{r}__s{s}.json").write_text(json.dumps(rec))
     text = table.report(tmp_path, [0, 1, 2], tmp_path / "R.md").read_text()
     line = next(x for x in text.splitlines() if x.startswith("Environments"))
-    assert "Intel (AVX512), kornia 0.9.0: 3 runs; AMD (AVX512), kornia 0.9.2: 1 runs" in line
+    assert "Intel (AVX512), kornia 0.9.0: 4 runs; AMD (AVX512), kornia 0.9.2: 1 runs" in line
     assert "torch" not in line and "not recorded (runs made before records kept it): 1 runs" in line
-    assert line.endswith("segmentation/instance s1.")  # seed 0 shares one environment; seed 2 has no baseline
+    # seed 0 shares one environment; seed 2 has no baseline; UDA is also paired with source-only (Row.also)
+    assert line.endswith("segmentation/uda s1 (vs source_only), segmentation/instance s1.")
+    (tmp_path / "raw" / "segmentation__source_only__s1.json").unlink()
     (tmp_path / "raw" / "segmentation__uda__s1.json").unlink()
     (tmp_path / "raw" / "segmentation__instance__s1.json").unlink()
     assert "Environments" not in table.report(tmp_path, [0, 1, 2], tmp_path / "R.md").read_text()
