@@ -913,15 +913,16 @@ TITLES = {"detection": "Detection: 2PCNet on synthetic_day2night (target mAP50, 
           "backbones": "Backbones (segmentation, synthetic_clear2fog; pvt_v2_b0 = the segmentation table)"}
 
 
-def _environment_key(rec: dict) -> tuple[str, ...] | None:
+def _environment_key(rec: dict) -> tuple[tuple[str, str], ...] | None:
     """What besides the code moves a run's numbers (``warpadapt.uda.run.run_info``): the CPU and its kernels,
-    and the versions of the packages whose kernels the recipes call; None for a record made before they were kept."""
+    and the versions of the packages whose kernels the recipes call, as (name, text) pairs; None for a record
+    made before they were kept."""
     env = rec.get("environment")
     if not env or not env.get("cpu"):
         return None
     cpu, versions = env["cpu"], env.get("versions") or {}
-    return (f"{cpu.get('model')} ({cpu.get('capability')})",
-            *(f"{k} {versions[k]}" for k in ("torch", "torchvision", "timm", "kornia", "albumentations", "numpy")
+    return (("cpu", f"{cpu.get('model')} ({cpu.get('capability')})"),
+            *((k, f"{k} {versions[k]}") for k in ("torch", "torchvision", "timm", "kornia", "albumentations", "numpy")
               if k in versions))
 
 
@@ -936,8 +937,12 @@ def _environments(recs: dict) -> list[str]:
             counts[key] = counts.get(key, 0) + 1
     if len(counts) < 2:
         return []
-    shared = [i for i in range(1, min(map(len, counts))) if len({key[i] for key in counts}) == 1]
-    names = {key: ", ".join(x for i, x in enumerate(key) if i not in shared) for key in counts}
+    # an entry (by name) every environment has with one value says nothing; the CPU is always named
+    values = [dict(key) for key in counts]
+    shared = {n for n in set().union(*values) if n != "cpu" and len({v.get(n) for v in values}) == 1}
+    order = [n for n in ("cpu", "torch", "torchvision", "timm", "kornia", "albumentations", "numpy")
+             if n in set().union(*values) and n not in shared]
+    names = {key: ", ".join(dict(key).get(n, f"{n} not recorded") for n in order) for key in counts}
     mixed = []
     for row in ROWS:  # its baseline pairing, then those of Row.also
         against = ([row.baseline_key] if row.baseline else []) + [(row.table, o) for o in row.also]

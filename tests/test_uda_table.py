@@ -356,6 +356,23 @@ def test_report_names_the_environments_and_the_pairs_that_cross_them(tmp_path):
     assert "Environments" not in table.report(tmp_path, [0, 1, 2], tmp_path / "R.md").read_text()
 
 
+def test_environments_are_matched_by_package_name_not_position(tmp_path):
+    """One record lacks a package another has: the versions still line up by name (kornia against kornia), the
+    package one side lacks is named as not recorded there, and a version both sides share is left out."""
+    table = _load()
+    (tmp_path / "raw").mkdir()
+    envs = {0: {"torch": "2.14.1", "timm": "1.0.20", "kornia": "0.9.0"}, 1: {"torch": "2.14.1", "kornia": "0.9.0"}}
+    for s, versions in envs.items():
+        rec = {"table": "segmentation", "row": "uda", "seed": s, "wall_seconds": 1.0, "machine": "m",
+               "command": "python x", "recipe": "mic", "final": {"target_miou": 0.3},
+               "environment": {"cpu": {"model": "AMD", "capability": "AVX512"}, "versions": versions}}
+        (tmp_path / "raw" / f"segmentation__uda__s{s}.json").write_text(json.dumps(rec))
+    line = next(x for x in table.report(tmp_path, [0, 1], tmp_path / "R.md").read_text().splitlines()
+                if x.startswith("Environments"))
+    assert "AMD (AVX512), timm 1.0.20: 1 runs" in line and "AMD (AVX512), timm not recorded: 1 runs" in line
+    assert "kornia" not in line and "torch" not in line
+
+
 def test_report_bn_recalibration_pairs_each_treatment(tmp_path):
     """diagnose/bn records with known numbers: each column of Δ pairs the row with its baseline under
     the same BatchNorm treatment, seed by seed; a bn_stats row pairs across tables."""
