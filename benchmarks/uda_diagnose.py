@@ -5,6 +5,7 @@
     python benchmarks/uda_diagnose.py --warps               # + what each guidance does to the source objects
     python benchmarks/uda_diagnose.py --bn                  # + each student with BatchNorm statistics re-estimated
     python benchmarks/uda_diagnose.py --round-trip --fwhm 4 # each detector plain and under the training warp's round trip
+    python benchmarks/uda_diagnose.py --round-trip --resample-only  # ... and under the interpolation control's (features only)
     python benchmarks/uda_diagnose.py --round-trip-parts    # where that round trip's feature change comes from
     python benchmarks/uda_diagnose.py --scales 1 1.3        # each detector at x s its input size
 
@@ -335,20 +336,25 @@ def round_trip_parts(run_dir: Path, fwhm: float = 4.0, images: int = 64, threads
     return out
 
 
-def round_trip(run_dir: Path, fwhm: float = 4.0, threads: int = 1) -> dict:
+def round_trip(run_dir: Path, fwhm: float = 4.0, threads: int = 1, resample_only: bool = False) -> dict:
     """twopcnet runs (table runs and burn-in checkpoints): the model the run reports on source val and
     target test as at test time (plain), and with the training warp's round trip in its backbone (each
     image warped by Instance-Warp at ``fwhm`` from its ground-truth boxes, the backbone run on it, every
     level unwarped: what the FPN and heads see while the recipe warps). Also the relative change
     ||unwarp(f(warp(x))) - f(x)|| / ||f(x)|| of every backbone level, mean over the images. A model
-    whose score falls under the round trip learned on features its test time never gives it."""
+    whose score falls under the round trip learned on features its test time never gives it.
+
+    ``resample_only``: the round trip of the interpolation control instead, U W f(x) (the backbone on the
+    true image, every level resampled by the warp and back), whatever the run trained with; False: the full
+    round trip U f(W x), also for a run that trained as the control."""
     import torch
 
     from warpadapt.eval import detection_map
 
     cfg, net, out, (src_val, tgt_test, classes) = _reported_detector(run_dir, threads, instance_fwhm=fwhm)
     body = net.backbone.body
-    out["fwhm"] = float(fwhm)
+    body.resample_only = bool(resample_only)
+    out.update(fwhm=float(fwhm), resample_only=bool(resample_only))
     bs, n_max = cfg.eval.batch_size, cfg.eval.max_images
     for split, ds in (("target", tgt_test), ("source", src_val)):
         n = len(ds) if n_max is None else min(int(n_max), len(ds))
@@ -372,7 +378,8 @@ def round_trip(run_dir: Path, fwhm: float = 4.0, threads: int = 1) -> dict:
         out[split] = {m: detection_map(p, targets, classes)["mAP50"] for m, p in preds.items()}
         out[split]["feature_change"] = [sum(c) / len(c) for c in change]
         print(f"{run_dir.name} {out['model']} {split}: mAP50 plain {100 * out[split]['plain']:.1f}, under the warp's "
-              f"round trip (FWHM {fwhm:g}) {100 * out[split]['round_trip']:.1f}; backbone levels change by "
+              f"{'feature resampling' if resample_only else 'round trip'} (FWHM {fwhm:g}) "
+              f"{100 * out[split]['round_trip']:.1f}; backbone levels change by "
               + " / ".join(f"{100 * c:.0f}%" for c in out[split]["feature_change"]), flush=True)
     return out
 
@@ -444,6 +451,9 @@ def main(argv=None) -> int:
                     help="only the warp round trip: each detection run's reported model on source val and target "
                          "test plain and with its backbone under Instance-Warp at --fwhm (default 4) from the "
                          "ground-truth boxes (results/diagnose/round_trip/)")
+    ap.add_argument("--resample-only", action="store_true",
+                    help="with --round-trip: the interpolation control's round trip instead, the backbone on the "
+                         "true image and its levels resampled by the warp and back (results/diagnose/round_trip_resample/)")
     ap.add_argument("--round-trip-parts", action="store_true",
                     help="only where the round trip's feature change comes from (resampling the features vs the "
                          "backbone not commuting with the warp), per level, on up to 64 source val images of each "
@@ -464,8 +474,11 @@ def main(argv=None) -> int:
     fwhm = 4.0 if a.fwhm is None else a.fwhm
     if a.scales is not None:
         return _each_detection_run(a.results, names, "scales", lambda r: scale_sweep(r, a.scales, a.threads))
+    if a.resample_only and not a.round_trip:
+        ap.error("--resample-only: only with --round-trip")
     if a.round_trip:
-        return _each_detection_run(a.results, names, "round_trip", lambda r: round_trip(r, fwhm, a.threads))
+        return _each_detection_run(a.results, names, "round_trip_resample" if a.resample_only else "round_trip",
+                                   lambda r: round_trip(r, fwhm, a.threads, a.resample_only))
     if a.round_trip_parts:
         return _each_detection_run(a.results, names, "round_trip_parts" + ("" if fwhm == 4.0 else f"_fwhm{fwhm:g}"),
                                    lambda r: round_trip_parts(r, fwhm, min(a.images, 64), a.threads))

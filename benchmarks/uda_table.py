@@ -852,30 +852,39 @@ def _round_trip_parts(out: Path, seeds: list[int]) -> list[str]:
 
 
 def _round_trip(out: Path, seeds: list[int]) -> list[str]:
-    """benchmarks/uda_diagnose.py --round-trip: each detection model plain and under the training warp's
-    round trip, per group mean ± std over seeds, and how much the round trip changes its backbone levels."""
-    recs = _records_by_group(out / "diagnose" / "round_trip", seeds)
-    if not recs:
-        return []
-    lines = ["| model | n | source mAP50: plain | round trip | Δ | target mAP50: plain | round trip | Δ "
-             "| backbone levels' change (source val), finest -> coarsest |", "|---|---|---|---|---|---|---|---|---|"]
-    for group, got in recs.items():
-        cells = []
-        for split in ("source", "target"):
-            cells += [_ms([g[split]["plain"] for g in got], 100), _ms([g[split]["round_trip"] for g in got], 100),
-                      _ms([g[split]["round_trip"] - g[split]["plain"] for g in got], 100)]
-        change = " / ".join(f"{100 * statistics.mean(g['source']['feature_change'][k] for g in got):.0f} %"
-                            for k in range(len(got[0]["source"]["feature_change"])))
-        lines.append(f"| {_group_label(group)} ({got[0]['model']}) | {len(got)} | " + " | ".join(cells) + f" | {change} |")
-    fwhm = next(iter(recs.values()))[0]["fwhm"]
-    return ["### Detection: the warp's round trip", "",
-            f"`python benchmarks/uda_diagnose.py --round-trip --fwhm {fwhm:g} --runs ...`: the model each run reports "
-            "on source val and target test as at test time (plain), and with its backbone under the training warp's "
-            f"round trip: each image warped by Instance-Warp (FWHM {fwhm:g}) from its ground-truth boxes, the "
-            "backbone run on it, every level unwarped, as the recipe does while it warps (BatchNorm in eval mode). "
-            "Δ = round trip - plain. The last column is ||unwarp(f(warp(x))) - f(x)|| / ||f(x)|| of each backbone "
-            "level, mean over the images: how different the features the heads train on under the warp are from "
-            "the ones they meet at test time.", "", *lines, ""]
+    """benchmarks/uda_diagnose.py --round-trip (and with --resample-only): each detection model plain and
+    under the training warp's round trip (or the interpolation control's), per group mean ± std over seeds,
+    and how much the round trip changes its backbone levels."""
+    text = []
+    for folder, flag, what, formula in (
+            ("round_trip", "", "the training warp's round trip: each image warped by Instance-Warp (FWHM {f}) from "
+             "its ground-truth boxes, the backbone run on it, every level unwarped, as the recipe does while it warps",
+             "unwarp(f(warp(x)))"),
+            ("round_trip_resample", " --resample-only", "the interpolation control's round trip: the backbone on the "
+             "true image, every level resampled by the Instance-Warp (FWHM {f}, from the ground-truth boxes) and "
+             "back, as the `resample_only` row trains", "unwarp(warp(f(x)))")):
+        recs = _records_by_group(out / "diagnose" / folder, seeds)
+        if not recs:
+            continue
+        lines = ["| model | n | source mAP50: plain | round trip | Δ | target mAP50: plain | round trip | Δ "
+                 "| backbone levels' change (source val), finest -> coarsest |", "|---|---|---|---|---|---|---|---|---|"]
+        for group, got in recs.items():
+            cells = []
+            for split in ("source", "target"):
+                cells += [_ms([g[split]["plain"] for g in got], 100), _ms([g[split]["round_trip"] for g in got], 100),
+                          _ms([g[split]["round_trip"] - g[split]["plain"] for g in got], 100)]
+            change = " / ".join(f"{100 * statistics.mean(g['source']['feature_change'][k] for g in got):.0f} %"
+                                for k in range(len(got[0]["source"]["feature_change"])))
+            lines.append(f"| {_group_label(group)} ({got[0]['model']}) | {len(got)} | " + " | ".join(cells)
+                         + f" | {change} |")
+        fwhm = next(iter(recs.values()))[0]["fwhm"]
+        text += ["### Detection: " + ("the warp's round trip" if not flag else "the interpolation control's round trip"),
+                 "", f"`python benchmarks/uda_diagnose.py --round-trip{flag} --fwhm {fwhm:g} --runs ...`: the model "
+                 "each run reports on source val and target test as at test time (plain), and with its backbone under "
+                 + what.format(f=f"{fwhm:g}") + " (BatchNorm in eval mode). Δ = round trip - plain. The last column is "
+                 f"||{formula} - f(x)|| / ||f(x)|| of each backbone level, mean over the images: how different the "
+                 "features the heads train on under it are from the ones they meet at test time.", "", *lines, ""]
+    return text
 
 
 #: The table before the recipes followed their methods' code, kept as it was measured.

@@ -475,14 +475,19 @@ def test_diagnose_round_trip_parts_split_the_round_trips_change(tmp_path):
     spec = importlib.util.spec_from_file_location("uda_diagnose", ROOT / "benchmarks" / "uda_diagnose.py")
     diag = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(diag)
-    for flag in ("--round-trip", "--round-trip-parts"):
-        assert diag.main(["--results", str(tmp_path), "--runs", name, flag, "--fwhm", "8"]) == 0
+    for flags in (["--round-trip"], ["--round-trip-parts"], ["--round-trip", "--resample-only"]):
+        assert diag.main(["--results", str(tmp_path), "--runs", name, *flags, "--fwhm", "8"]) == 0
     rt = json.loads((tmp_path / "diagnose" / "round_trip" / f"{name}.json").read_text())
+    ro = json.loads((tmp_path / "diagnose" / "round_trip_resample" / f"{name}.json").read_text())
     rec = json.loads((tmp_path / "diagnose" / "round_trip_parts_fwhm8" / f"{name}.json").read_text())
     parts = rec["parts"]
     assert rec["images"] == 2 and rec["fwhm"] == 8.0 and rec["model"] == "teacher"  # TINY: 2 source val images
     assert len(rec["strides"]) == 2 and rec["strides"][0] < rec["strides"][1]
     assert parts["total"] == pytest.approx(rt["source"]["feature_change"], rel=1e-5)  # the same images
+    # --resample-only's round trip is the part that resamples the features only; the plain model is the same
+    assert not rt["resample_only"] and ro["resample_only"]
+    assert parts["feature_resampling"] == pytest.approx(ro["source"]["feature_change"], rel=1e-5)
+    assert ro["source"]["plain"] == rt["source"]["plain"] and ro["target"]["plain"] == rt["target"]["plain"]
     for lvl in range(2):
         assert parts["total"][lvl] <= parts["feature_resampling"][lvl] + parts["equivariance"][lvl] + 1e-6
         assert all(parts[k][lvl] > 0 for k in parts)

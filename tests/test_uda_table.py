@@ -443,6 +443,20 @@ def test_report_round_trip_rows_average_each_model_group(tmp_path):
     assert cells[7] == "-5.0 ± 7.1" and cells[8] == "20 % / 40 %"
     assert any(line.startswith("| UDA (no warp) (student) | 1 |") for line in lines)
     assert table._round_trip(tmp_path, [0]) == []
+    assert sum(line.startswith("### ") for line in lines) == 1  # no --resample-only records: one table
+    # --resample-only records get their own table, after the full round trip's, with their own numbers
+    r = tmp_path / "diagnose" / "round_trip_resample"
+    r.mkdir()
+    rec = {"run": "detection__uda__s1", "model": "teacher", "fwhm": 4.0, "resample_only": True,
+           "source": {"plain": 0.6, "round_trip": 0.55, "feature_change": [0.2, 0.1]},
+           "target": {"plain": 0.4, "round_trip": 0.38, "feature_change": [0.2, 0.1]}}
+    (r / "detection__uda__s1.json").write_text(json.dumps(rec))
+    lines = table._round_trip(tmp_path, [1, 2])
+    heads = [i for i, line in enumerate(lines) if line.startswith("### ")]
+    assert len(heads) == 2 and "interpolation control" in lines[heads[1]]
+    rows = [line for line in lines[heads[1]:] if line.startswith("| UDA (no warp) (teacher) | 1 |")]
+    assert len(rows) == 1 and "| -5.0 (n=1) |" in rows[0] and "| -2.0 (n=1) |" in rows[0] and rows[0].endswith("| 20 % / 10 % |")
+    assert "--round-trip --resample-only --fwhm 4" in lines[heads[1] + 2]
 
 
 def test_report_round_trip_parts_one_row_per_model_group_and_fwhm(tmp_path):
