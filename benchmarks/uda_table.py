@@ -970,6 +970,58 @@ def _environments(recs: dict) -> list[str]:
                "Every paired difference compares runs of one environment."), ""]
 
 
+METHOD = {"twopcnet": "2PCNet", "mic": "DACS + MIC"}
+#: The README's headline: these rows of each table, each paired with UDA seed by seed.
+HEADLINE = {"detection": ("source_only", "uda", "instance_burn_in", "instance_always"),
+            "segmentation": ("source_only", "uda", "instance")}
+HEADLINE_MARKERS = ("<!-- headline: written by benchmarks/uda_table.py from results/raw; do not edit -->",
+                    "<!-- /headline -->")
+
+
+def headline(recs: dict, seeds: list[int]) -> list[str]:
+    """The headline table: per pair, source-only, UDA and the Instance-Warp rows on target test (mean ±
+    std over the seeds they have) and each row minus UDA, paired by seed, with its 95 % t interval and
+    whether that excludes zero."""
+    lines = ["| pair (target test) | row | seeds | score | Δ vs UDA, paired: mean ± std [95 % t interval] |",
+             "|---|---|---|---|---|"]
+    for table, names in HEADLINE.items():
+        rows = {r.name: r for r in ROWS if r.table == table}
+        metric, title, scale = METRICS[rows["uda"].recipe][0]
+        pair = (f"{rows['uda'].config}, {METHOD[rows['uda'].recipe]} "
+                f"({'teacher ' if table == 'detection' else ''}{title}, %)")
+        for name in names:
+            got = {s: _num(recs[(table, name, s)]["final"].get(metric)) for s in seeds if (table, name, s) in recs}
+            got = {s: v for s, v in got.items() if v is not None}
+            if not got:
+                continue
+            cell = "baseline" if name == "uda" else "-"
+            if name != "uda":
+                d = [(v - recs[(table, "uda", s)]["final"][metric]) * scale for s, v in got.items()
+                     if (table, "uda", s) in recs and _num(recs[(table, "uda", s)]["final"].get(metric)) is not None]
+                ci = paired_interval(d)
+                if ci is not None:
+                    cell = (f"**{ci[0]:+.1f}** ± {statistics.stdev(d):.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}], "
+                            f"{'excludes' if ci[1] > 0 or ci[2] < 0 else 'includes'} 0")
+                elif d:
+                    cell = f"{d[0]:+.1f} (n=1)"
+            lines.append(f"| {pair} | {rows[name].label} | {', '.join(map(str, got))} | "
+                         f"{_ms(list(got.values()), scale)} | {cell} |")
+            pair = ""  # the pair is named on its first row only
+    return lines
+
+
+def write_headline(readme: Path, lines: list[str]) -> bool:
+    """Put ``lines`` between the README's headline markers (replacing what was there); False, and the
+    file untouched, when it has no such pair of markers."""
+    text = readme.read_text()
+    start, end = HEADLINE_MARKERS
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        return False
+    readme.write_text(text[:i + len(start)] + "\n" + "\n".join(lines) + "\n" + text[j:])
+    return True
+
+
 def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
     recs = {}
     for p in sorted((out / "raw").glob("*.json")):
@@ -996,6 +1048,12 @@ def report(out: Path, seeds: list[int], doc: Path, reading: str = "") -> Path:
     if machines:
         lines += [f"Machine: {', '.join(machines)}.", ""]
     lines += _environments(recs)
+    lines += ["## Headline", "", *headline(recs, seeds), ""]
+    if main_results and doc.resolve() == (ROOT / "docs" / "RESULTS.md").resolve():
+        status = (f"The table has {len(recs)} of {len(todo)} runs so far (about "
+                  f"{compute_left(todo, out)[1]:.0f} core-hours left by the runner's estimate).")
+        if not write_headline(ROOT / "README.md", [status, "", *headline(recs, seeds)]):
+            print("[uda_table] README.md has no headline markers: its headline was not rewritten", file=sys.stderr)
     for table, title in TITLES.items():
         for recipe in ("twopcnet", "mic"):
             rows = [r for r in ROWS if r.table == table and r.recipe == recipe]

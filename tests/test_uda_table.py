@@ -305,6 +305,44 @@ def test_report_pairs_by_seed_with_a_t_interval_and_per_class(tmp_path):
     assert lo > 0 and hi == pytest.approx(5 + 2.776 * statistics.stdev([4.0, 5.0, 6.0, 5.0, 5.0]) / 5 ** 0.5)
 
 
+def test_headline_pairs_each_row_with_uda_and_goes_between_the_readme_markers(tmp_path):
+    """The README headline: score mean ± std over the seeds a row has, Δ against UDA on the seeds both have
+    with its t interval (and whether it excludes 0); a row with no records is left out; the block replaces
+    what was between the markers and nothing else; a README without markers is left untouched."""
+    table = _load()
+
+    def rec(t, r, s, v):
+        key = "target_map50" if t == "detection" else "target_miou"
+        return {"table": t, "row": r, "seed": s, "final": {key: v}}
+
+    vals = {("detection", "uda"): [0.40, 0.44, 0.42], ("detection", "instance_burn_in"): [0.38, 0.43, 0.39],
+            ("detection", "instance_always"): [0.30, None, None], ("segmentation", "uda"): [0.30, 0.32, 0.31],
+            ("segmentation", "instance"): [0.33, 0.34, None]}
+    recs = {(t, r, s): rec(t, r, s, v) for (t, r), vs in vals.items() for s, v in enumerate(vs) if v is not None}
+    lines = table.headline(recs, [0, 1, 2])
+    by, pair = {}, -1
+    for cells in (line.split("|") for line in lines[2:]):
+        pair += bool(cells[1].strip())  # a pair's first row names it
+        by[(pair, cells[2].strip())] = [x.strip() for x in cells]
+    assert len(by) == 5 and (0, "source only") not in by  # no records
+    assert by[(0, "UDA (no warp)")][3:6] == ["0, 1, 2", "42.0 ± 2.0", "baseline"]
+    # burn-in only - UDA: -2, -1, -3 -> mean -2, std 1, t(2) = 4.303: half width 2.48
+    assert by[(0, "UDA + Instance-Warp (burn-in only)")][5] == "**-2.0** ± 1.0 [-4.5, +0.5], includes 0"
+    assert by[(0, "UDA + Instance-Warp (always)")][4:6] == ["30.0 (n=1)", "-10.0 (n=1)"]
+    assert by[(1, "UDA (no warp)")][4] == "31.0 ± 1.0"
+    # + Instance-Warp (segmentation) - UDA on seeds 0, 1: +3, +2 -> [2.5 -/+ 12.706 * 0.707 / 1.414]
+    assert by[(1, "UDA + Instance-Warp")][3:6] == ["0, 1", "33.5 ± 0.7", "**+2.5** ± 0.7 [-3.9, +8.9], includes 0"]
+    assert lines[2].startswith("| synthetic_day2night, 2PCNet (teacher target mAP50, %) |")
+    start, end = table.HEADLINE_MARKERS
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{start}\nold numbers\n{end}\nafter\n")
+    assert table.write_headline(readme, ["new", "table"])
+    assert readme.read_text() == f"intro\n{start}\nnew\ntable\n{end}\nafter\n"
+    assert table.write_headline(readme, ["again"]) and readme.read_text().count("again") == 1
+    readme.write_text("no markers\n")
+    assert not table.write_headline(readme, ["x"]) and readme.read_text() == "no markers\n"
+
+
 def test_report_pairs_the_further_comparisons_seed_by_seed(tmp_path):
     """Row.also: the interpolation control is paired with the full warp, UDA with source-only, each on the seeds
     both rows have (row minus other), with its interval; absent pairs leave no table."""
