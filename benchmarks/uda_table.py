@@ -470,16 +470,23 @@ DEFAULT_MINUTES = {"twopcnet": 25.0, "mic": 14.0}
 EVAL_MINUTES = 1.0
 
 
-def run_minutes(out: Path):
+def run_minutes(out: Path, cpu: str | None = None):
     """The estimated wall minutes of one run (a function of row and seed): the median wall time of the
     finished runs of its recipe (``DEFAULT_MINUTES`` before any), a run resuming from a shared burn-in at the
     same (an upper bound), a run with a ``twin`` at ``EVAL_MINUTES`` (unless the FWHM is chosen and that twin
-    kept neither its test evaluation nor its run folder: then it re-trains)."""
+    kept neither its test evaluation nor its run folder: then it re-trains). With ``cpu`` (a CPU model name,
+    as the records keep it), the median is over the runs made on that CPU when there are at least 3 of the
+    recipe's: machines differ by ~1.7x."""
     done: dict = {}
     for p in (out / "raw").glob("*.json"):
         r = json.loads(p.read_text())
         if _num(r.get("wall_seconds")) is not None and not r.get("quick") and not r.get("trained_by"):
             done.setdefault(r.get("recipe"), []).append(r["wall_seconds"] / 60)
+            if cpu is not None and ((r.get("environment") or {}).get("cpu") or {}).get("model") == cpu:
+                done.setdefault((r.get("recipe"), cpu), []).append(r["wall_seconds"] / 60)
+    for recipe in [k for k in done if isinstance(k, str)]:
+        if len(done.get((recipe, cpu), ())) >= 3:
+            done[recipe] = done[(recipe, cpu)]
 
     def minutes(row: Row, seed: int) -> float:
         if row.fwhm:  # a twin evaluates; once the FWHM is chosen, only if its source needs no re-training
@@ -492,10 +499,22 @@ def run_minutes(out: Path):
     return minutes
 
 
-def compute_left(todo: list[tuple[Row, int]], out: Path) -> tuple[int, float]:
-    """(runs left, core-hours left), each run at its ``run_minutes`` estimate."""
+def this_cpu() -> str | None:
+    """This machine's CPU model as the run records keep it (``warpadapt.uda.run.run_info``); None if the
+    checkout's warpadapt does not import here."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    try:
+        from warpadapt.uda.run import run_info
+    except ImportError:
+        return None
+    return run_info()["cpu"]["model"]
+
+
+def compute_left(todo: list[tuple[Row, int]], out: Path, cpu: str | None = None) -> tuple[int, float]:
+    """(runs left, core-hours left), each run at its ``run_minutes`` estimate (on ``cpu``, when given)."""
     left = [(r, s) for r, s in todo if not (out / "raw" / f"{run_id(r, s)}.json").exists()]
-    minutes = run_minutes(out)
+    minutes = run_minutes(out, cpu)
     return len(left), sum(minutes(r, s) for r, s in left) / 60
 
 
@@ -1111,8 +1130,9 @@ def main(argv=None) -> int:
                 and (args.seeds is None or s in args.seeds)]
         # seed-major: a sitting stopped part-way leaves whole seeds across rows (paired comparisons)
         todo.sort(key=lambda job: job[1])
-        n, hours = compute_left(todo, args.out)
-        _say(f"[uda_table] {n} of {len(todo)} runs left, about {hours:.1f} core-hours "
+        cpu = this_cpu()  # the estimates use this CPU's finished runs when there are enough of them
+        n, hours = compute_left(todo, args.out, cpu)
+        _say(f"[uda_table] {n} of {len(todo)} runs left, about {hours:.1f} core-hours on this CPU ({cpu}) "
              f"({hours / args.jobs:.1f} h with --jobs {args.jobs})")
         failed = 0
         # the FWHM selection first: every Instance-Warp row uses its choice
@@ -1120,7 +1140,7 @@ def main(argv=None) -> int:
             def one(job, phase=phase):
                 i, (row, seed) = job
                 if deadline is not None and not (args.out / "raw" / f"{run_id(row, seed)}.json").exists() \
-                        and time.time() + 60 * run_minutes(args.out)(row, seed) > deadline:
+                        and time.time() + 60 * run_minutes(args.out, cpu)(row, seed) > deadline:
                     _say(f"[uda_table] {run_id(row, seed)} left for the next sitting: it would not end within --hours")
                     return True
                 _say(f"[uda_table] {i}/{len(phase)} of this phase")
@@ -1131,8 +1151,8 @@ def main(argv=None) -> int:
                                key=lambda job: _burn_in_pending(job[1][0], job[1][1], args.out, args.quick))
         if failed:
             print(f"[uda_table] {failed} run(s) failed, wait or were left for the next sitting")
-        n, hours = compute_left(todo, args.out)
-        _say(f"[uda_table] left: {n} runs, about {hours:.1f} core-hours")
+        n, hours = compute_left(todo, args.out, cpu)
+        _say(f"[uda_table] left: {n} runs, about {hours:.1f} core-hours on this CPU")
     reading_file = ROOT / "docs" / "RESULTS_reading.md"
     reading = reading_file.read_text() if reading_file.exists() and not args.quick else ""
     print(f"[uda_table] wrote {report(args.out, sorted({s for r in ROWS for s in range(r.seeds)}), doc, reading)}")

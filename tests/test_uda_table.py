@@ -132,6 +132,29 @@ def test_hours_starts_only_runs_that_end_within_the_budget(tmp_path, capsys):
     assert (n, hours) == (1, pytest.approx(table.DEFAULT_MINUTES["mic"] / 60))
 
 
+def test_run_estimates_use_this_cpus_runs_when_there_are_enough(tmp_path):
+    """run_minutes(out, cpu): the median wall time of the recipe's runs made on that CPU once it has 3 of
+    them, else of all its runs; another recipe's records and other CPUs do not leak in."""
+    table = _load()
+    (tmp_path / "raw").mkdir()
+    row = next(r for r in table.ROWS if (r.table, r.name) == ("segmentation", "uda"))
+    runs = [("fast", 10), ("fast", 12), ("slow", 40), ("slow", 44), ("slow", 42)]
+    for i, (cpu, minutes) in enumerate(runs):
+        rec = {"recipe": "mic", "wall_seconds": 60.0 * minutes, "environment": {"cpu": {"model": cpu}}}
+        (tmp_path / "raw" / f"r{i}.json").write_text(json.dumps(rec))
+    (tmp_path / "raw" / "det.json").write_text(json.dumps({"recipe": "twopcnet", "wall_seconds": 60.0,
+                                                           "environment": {"cpu": {"model": "fast"}}}))
+    assert table.run_minutes(tmp_path)(row, 0) == 40  # all five mic runs
+    assert table.run_minutes(tmp_path, "slow")(row, 0) == 42
+    assert table.run_minutes(tmp_path, "fast")(row, 0) == 40  # 2 runs on it: too few, all runs decide
+    (tmp_path / "raw" / "r9.json").write_text(json.dumps({"recipe": "mic", "wall_seconds": 660.0,
+                                                          "environment": {"cpu": {"model": "fast"}}}))
+    assert table.run_minutes(tmp_path, "fast")(row, 0) == 11
+    assert table.run_minutes(tmp_path, "unknown")(row, 0) == table.run_minutes(tmp_path)(row, 0)
+    assert table.compute_left([(row, 0)], tmp_path, "fast") == (1, pytest.approx(11 / 60))
+    assert isinstance(table.this_cpu(), str)
+
+
 def test_a_job_waiting_for_a_burn_in_another_trains_lets_the_next_go_first():
     import threading
     table = _load()
