@@ -1,7 +1,7 @@
 """The adaptation table on the faithful recipes: every row of the paper's comparison and the controls.
 
     python benchmarks/uda_table.py --jobs 2        # run what is missing (prints the compute left), then write docs/RESULTS.md
-    python benchmarks/uda_table.py --report-only   # only rewrite docs/RESULTS.md from results/raw
+    python benchmarks/uda_table.py --report-only   # only rewrite docs/RESULTS.md and the README headline from results/raw
     python benchmarks/uda_table.py --tables detection --seeds 0   # a part of it
     python benchmarks/uda_table.py --quick --out /tmp/q           # tiny runs (the test suite's check)
     python benchmarks/uda_table.py --jobs 2 --hours 2.5           # a sitting: start only runs that end within 2.5 h
