@@ -477,16 +477,16 @@ def run_minutes(out: Path, cpu: str | None = None):
     kept neither its test evaluation nor its run folder: then it re-trains). With ``cpu`` (a CPU model name,
     as the records keep it), the median is over the runs made on that CPU when there are at least 3 of the
     recipe's: machines differ by ~1.7x."""
-    done: dict = {}
+    runs: dict = {}  # recipe -> [(CPU model, minutes)]
     for p in (out / "raw").glob("*.json"):
         r = json.loads(p.read_text())
         if _num(r.get("wall_seconds")) is not None and not r.get("quick") and not r.get("trained_by"):
-            done.setdefault(r.get("recipe"), []).append(r["wall_seconds"] / 60)
-            if cpu is not None and ((r.get("environment") or {}).get("cpu") or {}).get("model") == cpu:
-                done.setdefault((r.get("recipe"), cpu), []).append(r["wall_seconds"] / 60)
-    for recipe in [k for k in done if isinstance(k, str)]:
-        if len(done.get((recipe, cpu), ())) >= 3:
-            done[recipe] = done[(recipe, cpu)]
+            model = ((r.get("environment") or {}).get("cpu") or {}).get("model")
+            runs.setdefault(r.get("recipe"), []).append((model, r["wall_seconds"] / 60))
+    done = {}
+    for recipe, got in runs.items():
+        here = [m for c, m in got if cpu is not None and c == cpu]
+        done[recipe] = here if len(here) >= 3 else [m for _, m in got]
 
     def minutes(row: Row, seed: int) -> float:
         if row.fwhm:  # a twin evaluates; once the FWHM is chosen, only if its source needs no re-training
@@ -941,6 +941,10 @@ TITLES = {"detection": "Detection: 2PCNet on synthetic_day2night (target mAP50, 
           "backbones": "Backbones (segmentation, synthetic_clear2fog; pvt_v2_b0 = the segmentation table)"}
 
 
+#: The packages whose kernels the recipes call: their versions tell run environments apart.
+ENV_PACKAGES = ("torch", "torchvision", "timm", "kornia", "albumentations", "numpy")
+
+
 def _environment_key(rec: dict) -> tuple[tuple[str, str], ...] | None:
     """What besides the code moves a run's numbers (``warpadapt.uda.run.run_info``): the CPU and its kernels,
     and the versions of the packages whose kernels the recipes call, as (name, text) pairs; None for a record
@@ -950,8 +954,7 @@ def _environment_key(rec: dict) -> tuple[tuple[str, str], ...] | None:
         return None
     cpu, versions = env["cpu"], env.get("versions") or {}
     return (("cpu", f"{cpu.get('model')} ({cpu.get('capability')})"),
-            *((k, f"{k} {versions[k]}") for k in ("torch", "torchvision", "timm", "kornia", "albumentations", "numpy")
-              if k in versions))
+            *((k, f"{k} {versions[k]}") for k in ENV_PACKAGES if k in versions))
 
 
 def _environments(recs: dict) -> list[str]:
@@ -968,8 +971,7 @@ def _environments(recs: dict) -> list[str]:
     # an entry (by name) every environment has with one value says nothing; the CPU is always named
     values = [dict(key) for key in counts]
     shared = {n for n in set().union(*values) if n != "cpu" and len({v.get(n) for v in values}) == 1}
-    order = [n for n in ("cpu", "torch", "torchvision", "timm", "kornia", "albumentations", "numpy")
-             if n in set().union(*values) and n not in shared]
+    order = [n for n in ("cpu", *ENV_PACKAGES) if n in set().union(*values) and n not in shared]
     names = {key: ", ".join(dict(key).get(n, f"{n} not recorded") for n in order) for key in counts}
     mixed = []
     for row in ROWS:  # its baseline pairing, then those of Row.also
